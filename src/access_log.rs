@@ -1,0 +1,109 @@
+//! One structured log line per request, written when the response body has
+//! been sent (or abandoned), so it carries the real duration and byte count.
+//!
+//! Only the path is logged, never the query (later: signed blob URLs carry
+//! their signature there) and never a header value (tokens).
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::body::{Body, BoxError};
+
+/// Set by whoever called upstream, as a response extension, so the log line
+/// can say what upstream answered.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamStatus(pub StatusCode);
+
+/// What is known of a request once its response head exists.
+#[derive(Debug)]
+pub struct Entry {
+    pub method: Method,
+    pub route: &'static str,
+    pub path: String,
+    pub peer: IpAddr,
+    pub status: StatusCode,
+    pub upstream_status: Option<StatusCode>,
+    pub started: Instant,
+}
+
+/// A response body that writes the request's log line when it ends.
+pub struct LoggedBody {
+    inner: Body,
+    entry: Option<Entry>,
+    bytes: u64,
+}
+
+impl LoggedBody {
+    pub fn new(inner: Body, entry: Entry) -> Self {
+        LoggedBody {
+            inner,
+            entry: Some(entry),
+            bytes: 0,
+        }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        let Some(e) = self.entry.take() else { return };
+        tracing::info!(
+            target: "access",
+            method = %e.method,
+            route = e.route,
+            path = %e.path,
+            peer = %e.peer,
+            status = e.status.as_u16(),
+            upstream_status = e.upstream_status.map(|s| s.as_u16()),
+            duration_ms = e.started.elapsed().as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+            outcome,
+        );
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish("body_error"),
+            Poll::Ready(None) => self.finish("complete"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // Bodies hyper never polls (HEAD, 304) end here too.
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "client_gone"
+        };
+        self.finish(outcome);
+    }
+}

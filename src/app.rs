@@ -1,0 +1,89 @@
+//! Dispatch: a request's [`Route`] decides which part answers it. Errors of
+//! the mirror become responses here, in one place.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+
+use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
+use crate::body::{Body, BoxError};
+use crate::config::Settings;
+use crate::error::MirrorError;
+use crate::health;
+use crate::index::Index;
+use crate::router::{self, Route};
+use crate::upstream::{ClientInfo, Upstream};
+
+/// Everything a request handler may need, shared by all connections.
+pub struct App {
+    api_base: String,
+    data_dir: PathBuf,
+    upstream: Upstream,
+    index: Index,
+}
+
+impl App {
+    pub fn new(settings: &Settings, upstream: Upstream, index: Index) -> App {
+        App {
+            api_base: settings.api_base_path().to_owned(),
+            data_dir: settings.data_dir.clone(),
+            upstream,
+            index,
+        }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<LoggedBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let route = router::route(&method, &path, &self.api_base);
+        let route_name = route.as_ref().map_or("rejected", Route::name);
+        let response = match route {
+            Ok(route) => self
+                .dispatch(route, request, client)
+                .await
+                .unwrap_or_else(MirrorError::into_response),
+            Err(e) => MirrorError::from(e).into_response(),
+        };
+        let (parts, body) = response.into_parts();
+        let entry = Entry {
+            method,
+            route: route_name,
+            path,
+            peer: client.peer,
+            status: parts.status,
+            upstream_status: parts.extensions.get::<UpstreamStatus>().map(|s| s.0),
+            started,
+        };
+        Response::from_parts(parts, LoggedBody::new(body, entry))
+    }
+
+    async fn dispatch<B>(
+        &self,
+        route: Route,
+        request: Request<B>,
+        client: ClientInfo,
+    ) -> Result<Response<Body>, MirrorError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match route {
+            Route::Alive => Ok(health::alive()),
+            Route::Ready => Ok(health::ready(&self.data_dir, &self.index).await),
+            // The artifact routes get their own handling in the cache and
+            // zip-store work; until then they are forwarded like the rest.
+            Route::Artifact(_) | Route::Forward => self.upstream.forward(request, client).await,
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Settings: built-in defaults, overridden by the TOML file, overridden by
+//! `ARTIFACT_MIRROR_*` environment variables, overridden by flags.
+//!
+//! One [`Layer`] type describes every setting once: clap fills it from flags
+//! and the environment (a flag wins over its variable), serde fills it from
+//! the file, and [`Layer::over`] stacks the two before [`Settings::resolve`]
+//! applies defaults and validates. A new setting is a new field in `Layer`
+//! and `Settings`, nothing else.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Default listen address: loopback, so a bare `serve` exposes nothing;
+/// deployments set `listen = "0.0.0.0:8080"` (the container image does).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// hyper refuses read buffers smaller than this.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// `--config FILE` and the overriding flags; shared by `serve` and
+/// `check-config` so both see exactly the same effective settings.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML settings file (see config/artifact-mirror.toml).
+    #[arg(long, env = "ARTIFACT_MIRROR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Layer,
+}
+
+impl ConfigArgs {
+    /// Reads the file (if any), stacks the flags and environment on top and
+    /// resolves the result.
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Layer::from_file(path)?,
+            None => Layer::default(),
+        };
+        Settings::resolve(self.overrides.clone().over(file))
+    }
+}
+
+/// Every setting, each optional: one source's contribution.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// Address and port to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ARTIFACT_MIRROR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// GHES API base URL, e.g. https://ghes.example.com/api/v3 (required).
+    #[arg(long, env = "ARTIFACT_MIRROR_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<Url>,
+    /// Base URL clients use to reach the mirror's API (default: from the request).
+    #[arg(long, env = "ARTIFACT_MIRROR_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<Url>,
+    /// Directory for the index and stored blobs [default: ./data].
+    #[arg(long, env = "ARTIFACT_MIRROR_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Extra PEM CA bundle trusted for the upstream (an internal GHES CA).
+    #[arg(long, env = "ARTIFACT_MIRROR_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed to open a connection to the upstream [default: 5s].
+    #[arg(long, env = "ARTIFACT_MIRROR_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<Span>,
+    /// Time allowed for the upstream to answer with headers [default: 60s].
+    #[arg(long, env = "ARTIFACT_MIRROR_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+    pub upstream_timeout: Option<Span>,
+    /// Largest request head accepted; larger gets 431 [default: 65536].
+    #[arg(long, env = "ARTIFACT_MIRROR_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Time in-flight requests get to finish on shutdown [default: 30s].
+    #[arg(long, env = "ARTIFACT_MIRROR_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<Span>,
+    /// Trust X-Forwarded-For/-Proto/-Host from clients (behind a load balancer) [default: false].
+    #[arg(long, env = "ARTIFACT_MIRROR_TRUST_FORWARDED_HEADERS", value_name = "BOOL")]
+    pub trust_forwarded_headers: Option<bool>,
+    /// Memory the embedded index may use for its page cache [default: 67108864].
+    #[arg(long, env = "ARTIFACT_MIRROR_INDEX_CACHE_BYTES", value_name = "BYTES")]
+    pub index_cache_bytes: Option<u64>,
+    /// Log line format [default: human].
+    #[arg(long, env = "ARTIFACT_MIRROR_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, tracing-subscriber EnvFilter syntax [default: info].
+    #[arg(long, env = "ARTIFACT_MIRROR_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+impl Layer {
+    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `self` wins wherever it has a value.
+    pub fn over(self, lower: Layer) -> Layer {
+        Layer {
+            listen: self.listen.or(lower.listen),
+            upstream: self.upstream.or(lower.upstream),
+            public_url: self.public_url.or(lower.public_url),
+            data_dir: self.data_dir.or(lower.data_dir),
+            ca_file: self.ca_file.or(lower.ca_file),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            upstream_timeout: self.upstream_timeout.or(lower.upstream_timeout),
+            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
+            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
+            trust_forwarded_headers: self
+                .trust_forwarded_headers
+                .or(lower.trust_forwarded_headers),
+            index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
+            log_format: self.log_format.or(lower.log_format),
+            log_level: self.log_level.or(lower.log_level),
+        }
+    }
+}
+
+/// The effective, validated settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub upstream: Url,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<Url>,
+    pub data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Span,
+    pub upstream_timeout: Span,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Span,
+    pub trust_forwarded_headers: bool,
+    pub index_cache_bytes: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Applies the built-in defaults and checks every value.
+    pub fn resolve(layer: Layer) -> Result<Settings, ConfigError> {
+        let upstream = layer.upstream.ok_or_else(|| {
+            ConfigError::invalid(
+                "upstream",
+                "is required: the GHES API base URL, e.g. https://ghes.example.com/api/v3 \
+                 (flag --upstream, variable ARTIFACT_MIRROR_UPSTREAM)",
+            )
+        })?;
+        let settings = Settings {
+            listen: layer
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address")),
+            upstream: base_url("upstream", upstream)?,
+            public_url: layer
+                .public_url
+                .map(|u| base_url("public_url", u))
+                .transpose()?,
+            data_dir: layer.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            ca_file: layer.ca_file,
+            connect_timeout: layer
+                .connect_timeout
+                .unwrap_or(Span(Duration::from_secs(5))),
+            upstream_timeout: layer
+                .upstream_timeout
+                .unwrap_or(Span(Duration::from_secs(60))),
+            max_header_bytes: layer.max_header_bytes.unwrap_or(64 * 1024),
+            shutdown_grace: layer
+                .shutdown_grace
+                .unwrap_or(Span(Duration::from_secs(30))),
+            trust_forwarded_headers: layer.trust_forwarded_headers.unwrap_or(false),
+            index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
+            log_format: layer.log_format.unwrap_or(LogFormat::Human),
+            log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        for (key, span) in [
+            ("connect_timeout", self.connect_timeout),
+            ("upstream_timeout", self.upstream_timeout),
+        ] {
+            if span.0.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "max_header_bytes",
+                format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("data_dir", "must not be empty"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::invalid("log_level", e.to_string()));
+        }
+        if let Some(path) = &self.ca_file {
+            crate::upstream::read_ca_file(path)
+                .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The path prefix both GHES and the mirror serve the API under
+    /// (`/api/v3`, or empty for a root-mounted API), without a trailing `/`.
+    pub fn api_base_path(&self) -> &str {
+        self.upstream.path().trim_end_matches('/')
+    }
+
+    /// The settings as TOML, for `check-config`. Nothing here is secret
+    /// today (URLs with credentials are refused), so nothing is masked yet;
+    /// a future secret setting must be masked here.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// Checks a base URL setting and normalises its path (no trailing `/`).
+fn base_url(key: &'static str, mut url: Url) -> Result<Url, ConfigError> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be an http or https URL, not {}:", url.scheme()),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(key, "must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            "must not contain credentials: clients send their own Authorization",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            "must not have a query or fragment",
+        ));
+    }
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// A duration written the human way (`"5s"`, `"250ms"`, `"1m 30s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Span)
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("{e} (write e.g. \"5s\" or \"250ms\")")))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_upstream(url: &str) -> Layer {
+        Layer {
+            upstream: Some(url.parse().unwrap()),
+            ..Layer::default()
+        }
+    }
+
+    #[test]
+    fn upstream_alone_is_enough() {
+        let s = Settings::resolve(with_upstream("https://ghes.example.com/api/v3/")).unwrap();
+        assert_eq!(s.api_base_path(), "/api/v3");
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn missing_upstream_names_the_key() {
+        let e = Settings::resolve(Layer::default()).unwrap_err();
+        assert!(e.to_string().contains("`upstream`"), "{e}");
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for (url, why) in [
+            ("ftp://ghes/api/v3", "http or https"),
+            ("https://user:pw@ghes/api/v3", "credentials"),
+            ("https://ghes/api/v3?x=1", "query"),
+        ] {
+            let e = Settings::resolve(with_upstream(url)).unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn higher_layer_wins_field_by_field() {
+        let file = Layer {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/file".into()),
+            ..with_upstream("http://a/api/v3")
+        };
+        let flags = Layer {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Layer::default()
+        };
+        let s = Settings::resolve(flags.over(file)).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.data_dir, PathBuf::from("/file"));
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_name_the_key() {
+        let e = toml::from_str::<Layer>("listn = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+        let e = toml::from_str::<Layer>("connect_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("connect_timeout"), "{e}");
+    }
+
+    #[test]
+    fn header_limit_is_bounded() {
+        let layer = Layer {
+            max_header_bytes: Some(100),
+            ..with_upstream("http://a")
+        };
+        let e = Settings::resolve(layer).unwrap_err().to_string();
+        assert!(e.contains("max_header_bytes"), "{e}");
+    }
+}

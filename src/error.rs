@@ -1,0 +1,86 @@
+//! Errors of the mirror itself, and the one place they become responses.
+//!
+//! Upstream's own errors never pass through here: they reach the client
+//! unchanged. What the mirror answers on its own looks like GitHub's errors
+//! (`{"message", "documentation_url"}`) so clients report them the same way.
+
+use http::{header, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::router::RouteError;
+
+/// Where GitHub-style error bodies point.
+pub const DOCUMENTATION_URL: &str =
+    "https://docs.github.com/enterprise-server/rest/actions/artifacts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("Upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    #[error("Upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("Invalid request: {0}")]
+    BadRequest(String),
+}
+
+impl MirrorError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            MirrorError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
+            MirrorError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            MirrorError::Route(_) | MirrorError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            MirrorError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            MirrorError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        json_error(self.status(), &self.to_string())
+    }
+}
+
+/// A GitHub-style JSON error answer.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let text = serde_json::json!({
+        "message": message,
+        "documentation_url": DOCUMENTATION_URL,
+    })
+    .to_string();
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_are_github_shaped() {
+        let r = MirrorError::UpstreamTimeout(std::time::Duration::from_secs(2)).into_response();
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["message"], "Upstream did not answer within 2s");
+        assert_eq!(v["documentation_url"], DOCUMENTATION_URL);
+    }
+
+    #[test]
+    fn route_errors_are_client_errors() {
+        assert_eq!(
+            MirrorError::from(RouteError::DotSegment).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            MirrorError::from(RouteError::NotFound).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! `/healthz` (the process answers) and `/readyz` (it can do its job: the
+//! data dir takes writes and the index is open).
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, Body};
+use crate::index::Index;
+
+pub fn alive() -> Response<Body> {
+    json(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+pub async fn ready(data_dir: &std::path::Path, index: &Index) -> Response<Body> {
+    let probe = data_dir.join(".ready-probe");
+    let disk = match tokio::fs::write(&probe, b"ok").await {
+        Ok(()) => tokio::fs::remove_file(&probe).await,
+        Err(e) => Err(e),
+    };
+    let index_check = {
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || index.check())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+    };
+    let disk = disk.map_err(|e| e.to_string());
+    let ok = disk.is_ok() && index_check.is_ok();
+    let verdict = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    json(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        json!({
+            "status": if ok { "ready" } else { "not ready" },
+            "checks": { "data_dir": verdict(&disk), "index": verdict(&index_check) },
+        }),
+    )
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,13 @@
+//! artifact-mirror: a caching reverse proxy for the GitHub Enterprise Server
+//! Actions artifacts API. See `README.md` and the design notes it links.
+
+pub mod access_log;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod index;
+pub mod router;
+pub mod server;
+pub mod upstream;

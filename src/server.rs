@@ -1,0 +1,142 @@
+//! Listening: accepts connections, speaks HTTP/1.1 and h2c to clients,
+//! enforces the request-head limit (hyper answers 431 past it) and shuts
+//! down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::index::{Index, IndexOpenError};
+use crate::upstream::{ClientInfo, Upstream, UpstreamSetupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Index(#[from] IndexOpenError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+    max_header_bytes: usize,
+    grace: Duration,
+}
+
+impl Server {
+    /// Prepares the data dir, opens the index, builds the upstream client
+    /// and binds the listener: every start-up failure surfaces here, before
+    /// the first connection is accepted.
+    pub async fn bind(settings: &Settings) -> Result<Server, StartError> {
+        let data_dir = settings.data_dir.clone();
+        tokio::fs::create_dir_all(&data_dir)
+            .await
+            .map_err(|source| StartError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        let index_dir = data_dir.join("index");
+        let cache = settings.index_cache_bytes;
+        let index = tokio::task::spawn_blocking(move || Index::open(&index_dir, cache))
+            .await
+            .map_err(|e| StartError::DataDir {
+                path: data_dir.clone(),
+                source: io::Error::other(e),
+            })??;
+        let upstream = Upstream::new(settings)?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            app: Arc::new(App::new(settings, upstream, index)),
+            max_header_bytes: settings.max_header_bytes,
+            grace: settings.shutdown_grace.0,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and gives the
+    /// open connections the grace period to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(self.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = self.app.clone();
+            let client = ClientInfo {
+                peer: peer.ip(),
+                tls: false,
+            };
+            let service = service_fn(move |request| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(request, client).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        tracing::info!(grace = ?self.grace, "shutting down: no new connections");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections finished"),
+            () = tokio::time::sleep(self.grace) => {
+                tracing::warn!("grace period over; closing the remaining connections");
+            }
+        }
+        if let Err(e) = self.app.index().flush().await {
+            tracing::error!(error = %e, "index flush failed");
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The one HTTP client toward GHES, and the forwarding of a client request.
+//!
+//! Every request this client sends goes to the configured API host: the URI
+//! is always rebuilt from the configured base, so a client's `Authorization`
+//! cannot be carried anywhere else. Redirects are never followed; a 302 goes
+//! back to the client as upstream sent it.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::access_log::UpstreamStatus;
+use crate::body::Body;
+use crate::config::Settings;
+use crate::error::MirrorError;
+
+/// `Via` value this proxy adds (RFC 9110 §7.6.3).
+const VIA: &str = "1.1 artifact-mirror";
+
+/// Where the request came from, as far as forwarding headers go.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: IpAddr,
+    /// `http` or `https`: how the client reached the mirror.
+    pub tls: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile { path: String, source: io::Error },
+    #[error("CA file {0} holds no PEM certificate")]
+    CaFileEmpty(String),
+    #[error("CA file {path}: {message}")]
+    CaFileInvalid { path: String, message: String },
+    #[error("no trusted CA certificates: the system has none and `ca_file` is not set")]
+    NoRoots,
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("upstream URL has no usable host: {0}")]
+    BadUpstream(String),
+}
+
+/// Reads every certificate of a PEM bundle; used by start-up and by
+/// `check-config`, so a bad CA file is reported the same way by both.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| UpstreamSetupError::CaFile {
+        path: shown.clone(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| UpstreamSetupError::CaFileInvalid {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(UpstreamSetupError::CaFileEmpty(shown));
+    }
+    Ok(certs)
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    host_header: HeaderValue,
+    timeout: Duration,
+    trust_forwarded: bool,
+}
+
+impl Upstream {
+    pub fn new(settings: &Settings) -> Result<Self, UpstreamSetupError> {
+        let url = &settings.upstream;
+        let bad = || UpstreamSetupError::BadUpstream(url.to_string());
+        let authority: Authority = url[url::Position::BeforeHost..url::Position::AfterPort]
+            .parse()
+            .map_err(|_| bad())?;
+        let scheme: Scheme = url.scheme().parse().map_err(|_| bad())?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+
+        let tls = tls_config(settings.ca_file.as_deref(), scheme == Scheme::HTTPS)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout.0));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            host_header,
+            timeout: settings.upstream_timeout.0,
+            trust_forwarded: settings.trust_forwarded_headers,
+        })
+    }
+
+    /// Sends the client's request to the same path upstream and hands back
+    /// upstream's answer, bodies streamed both ways.
+    pub async fn forward<B>(
+        &self,
+        request: Request<B>,
+        client: ClientInfo,
+    ) -> Result<Response<Body>, MirrorError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = self.uri_for(parts.uri.path_and_query())?;
+        // Toward GHES always HTTP/1.1 semantics on the request line; the
+        // connector negotiates h2 by ALPN on its own.
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::HOST, self.host_header.clone());
+        self.add_forwarding(&mut parts.headers, client);
+        parts
+            .headers
+            .append(header::VIA, HeaderValue::from_static(VIA));
+
+        let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        let response = tokio::time::timeout(self.timeout, self.client.request(request))
+            .await
+            .map_err(|_| MirrorError::UpstreamTimeout(self.timeout))?
+            .map_err(|e| MirrorError::UpstreamUnreachable(describe(&e)))?;
+
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .append(header::VIA, HeaderValue::from_static(VIA));
+        parts.extensions.insert(UpstreamStatus(parts.status));
+        parts.version = http::Version::HTTP_11;
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ))
+    }
+
+    fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, MirrorError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query.map_or("/", PathAndQuery::as_str))
+            .build()
+            .map_err(|e| MirrorError::BadRequest(e.to_string()))
+    }
+
+    /// `X-Forwarded-For`/`-Proto`: appended to what the client sent when the
+    /// operator trusts the hop in front of the mirror, otherwise replaced, so
+    /// a client cannot make GHES's audit log name someone else.
+    fn add_forwarding(&self, headers: &mut HeaderMap, client: ClientInfo) {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let xfp = HeaderName::from_static("x-forwarded-proto");
+        let peer = client.peer.to_string();
+        let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+            Some(prior) if self.trust_forwarded => format!("{prior}, {peer}"),
+            _ => peer,
+        };
+        headers.remove(&xff);
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert(xff, value);
+        }
+        if !(self.trust_forwarded && headers.contains_key(&xfp)) {
+            let proto = if client.tls { "https" } else { "http" };
+            headers.insert(xfp, HeaderValue::from_static(proto));
+        }
+        if !self.trust_forwarded {
+            headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+fn tls_config(
+    ca_file: Option<&Path>,
+    need_roots: bool,
+) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are not fatal: an internal GHES CA in
+    // `ca_file` may be all that is needed.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots.add(cert)?;
+        }
+    }
+    if need_roots && roots.is_empty() {
+        return Err(UpstreamSetupError::NoRoots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Removes the headers that describe one connection rather than the message
+/// (RFC 9110 §7.6.1), including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The error chain in one line; hyper's top-level message alone ("client
+/// error (Connect)") does not say what went wrong.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic eA==".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "token x".parse().unwrap());
+        h.insert(header::ETAG, "W/\"1\"".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "etag"]);
+    }
+
+    #[test]
+    fn ca_file_errors_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let e = read_ca_file(&path).unwrap_err().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = read_ca_file(&dir.path().join("missing.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read CA file"), "{e}");
+    }
+}
