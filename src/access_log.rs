@@ -14,6 +14,22 @@ use http::{Method, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
+use crate::config::{LogFormat, Settings};
+
+/// Installs the process-wide subscriber: `log_level` as the filter (RUST_LOG
+/// wins when set), `log_format` for the line shape, lines to stderr.
+pub fn init_subscriber(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
 
 /// Set by whoever called upstream, as a response extension, so the log line
 /// can say what upstream answered.
@@ -58,7 +74,7 @@ impl LoggedBody {
             peer = %e.peer,
             status = e.status.as_u16(),
             upstream_status = e.upstream_status.map(|s| s.as_u16()),
-            duration_ms = e.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = e.started.elapsed().as_micros() as f64 / 1000.0,
             bytes = self.bytes,
             outcome,
         );

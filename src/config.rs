@@ -70,7 +70,11 @@ pub struct Layer {
     #[arg(long, env = "ARTIFACT_MIRROR_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<Span>,
     /// Time allowed for the upstream to answer with headers [default: 60s].
-    #[arg(long, env = "ARTIFACT_MIRROR_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_UPSTREAM_TIMEOUT",
+        value_name = "DURATION"
+    )]
     pub upstream_timeout: Option<Span>,
     /// Largest request head accepted; larger gets 431 [default: 65536].
     #[arg(long, env = "ARTIFACT_MIRROR_MAX_HEADER_BYTES", value_name = "BYTES")]
@@ -79,7 +83,11 @@ pub struct Layer {
     #[arg(long, env = "ARTIFACT_MIRROR_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<Span>,
     /// Trust X-Forwarded-For/-Proto/-Host from clients (behind a load balancer) [default: false].
-    #[arg(long, env = "ARTIFACT_MIRROR_TRUST_FORWARDED_HEADERS", value_name = "BOOL")]
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_TRUST_FORWARDED_HEADERS",
+        value_name = "BOOL"
+    )]
     pub trust_forwarded_headers: Option<bool>,
     /// Memory the embedded index may use for its page cache [default: 67108864].
     #[arg(long, env = "ARTIFACT_MIRROR_INDEX_CACHE_BYTES", value_name = "BYTES")]
@@ -127,7 +135,7 @@ impl Layer {
 }
 
 /// The effective, validated settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub upstream: Url,
@@ -348,7 +356,9 @@ mod tests {
             ("https://user:pw@ghes/api/v3", "credentials"),
             ("https://ghes/api/v3?x=1", "query"),
         ] {
-            let e = Settings::resolve(with_upstream(url)).unwrap_err().to_string();
+            let e = Settings::resolve(with_upstream(url))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
     }
@@ -371,12 +381,36 @@ mod tests {
 
     #[test]
     fn unknown_and_mistyped_keys_name_the_key() {
-        let e = toml::from_str::<Layer>("listn = \"x\"").unwrap_err().to_string();
+        let e = toml::from_str::<Layer>("listn = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listn"), "{e}");
         let e = toml::from_str::<Layer>("connect_timeout = \"soon\"")
             .unwrap_err()
             .to_string();
         assert!(e.contains("connect_timeout"), "{e}");
+    }
+
+    /// The shipped file documents the defaults; it must not drift from them.
+    #[test]
+    fn shipped_file_holds_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/artifact-mirror.toml");
+        let file = Layer::from_file(&path).unwrap();
+        let upstream = with_upstream("https://ghes.example.com/api/v3");
+        let from_file = Settings::resolve(upstream.clone().over(file)).unwrap();
+        let defaults = Settings::resolve(upstream).unwrap();
+        assert_eq!(from_file, defaults);
+        // ... and it must name every setting (the required `upstream` and
+        // the unset optional ones appear commented out).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let written: toml::Table = toml::from_str(&text).unwrap();
+        let all: toml::Table = toml::from_str(&defaults.to_toml()).unwrap();
+        for key in all.keys().filter(|k| *k != "upstream") {
+            assert!(written.contains_key(key), "{key} missing from the file");
+        }
+        for key in ["upstream", "public_url", "ca_file"] {
+            assert!(text.contains(&format!("# {key} = ")), "{key} not shown");
+        }
     }
 
     #[test]

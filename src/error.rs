@@ -41,13 +41,20 @@ impl MirrorError {
     }
 }
 
+/// GitHub's error shape, fields in GitHub's order.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    documentation_url: &'a str,
+}
+
 /// A GitHub-style JSON error answer.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let text = serde_json::json!({
-        "message": message,
-        "documentation_url": DOCUMENTATION_URL,
+    let text = serde_json::to_string(&ErrorBody {
+        message,
+        documentation_url: DOCUMENTATION_URL,
     })
-    .to_string();
+    .unwrap_or_default();
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the index at {path}: {source} (is another artifact-mirror using this data dir?)")]
+#[error(
+    "cannot open the index at {path}: {source} (is another artifact-mirror using this data dir?)"
+)]
 pub struct IndexOpenError {
     path: PathBuf,
     source: sled::Error,

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use artifact_mirror::config::{ConfigArgs, LogFormat, Settings};
+use artifact_mirror::config::{ConfigArgs, Settings};
 use artifact_mirror::server::Server;
 
 /// Caching reverse proxy for the GitHub Enterprise Server Actions artifacts API.
@@ -22,7 +22,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            if let Some(var) = env_source(&e) {
+                eprintln!("note: the value came from the environment variable {var}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
         Command::CheckConfig(args) => match args.load() {
             Ok(settings) => {
                 print!("{}", settings.to_toml());
@@ -41,7 +51,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&settings);
+            artifact_mirror::access_log::init_subscriber(&settings);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -77,6 +87,20 @@ async fn serve(settings: Settings) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// clap names the flag of a bad value even when the value came from the
+/// environment; find the variable so the operator knows where to look.
+fn env_source(error: &clap::Error) -> Option<String> {
+    let arg = match error.get(clap::error::ContextKind::InvalidArg)? {
+        clap::error::ContextValue::String(arg) => arg.clone(),
+        _ => return None,
+    };
+    let flag = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let given_as_flag =
+        std::env::args().any(|a| a == format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+    let var = format!("ARTIFACT_MIRROR_{}", flag.to_uppercase().replace('-', "_"));
+    (!given_as_flag && std::env::var_os(&var).is_some()).then_some(var)
+}
+
 /// SIGINT or SIGTERM.
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -97,19 +121,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn init_logging(settings: &Settings) {
-    // `check` already proved the filter parses; RUST_LOG, when set, wins.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human => builder.init(),
     }
 }

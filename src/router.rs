@@ -194,7 +194,9 @@ fn in_space(rest: &[&str]) -> bool {
 }
 
 fn named_repo(owner: &str, name: &str) -> Result<RepoRef, RouteError> {
-    let owner_ok = valid_name(owner, |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let owner_ok = valid_name(owner, |b| {
+        b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    });
     if !owner_ok {
         return Err(RouteError::BadOwner(echo(owner)));
     }
@@ -255,7 +257,9 @@ mod tests {
         let p = "/api/v3/repos/octo-org/hello.world/actions";
         assert_eq!(
             get(&format!("{p}/artifacts")),
-            Ok(Route::Artifact(ArtifactRoute::ListForRepo { repo: r.clone() }))
+            Ok(Route::Artifact(ArtifactRoute::ListForRepo {
+                repo: r.clone()
+            }))
         );
         assert_eq!(
             get(&format!("{p}/runs/42/artifacts")),
@@ -325,8 +329,11 @@ mod tests {
 
     #[test]
     fn malformed_paths_are_refused() {
-        let cases: &[(&str, fn(&RouteError) -> bool)] = &[
-            ("/api/v3/repos/o/r/../../meta", |e| *e == RouteError::DotSegment),
+        type Expect = fn(&RouteError) -> bool;
+        let cases: &[(&str, Expect)] = &[
+            ("/api/v3/repos/o/r/../../meta", |e| {
+                *e == RouteError::DotSegment
+            }),
             ("/api/v3/repos/o/%2e%2E/actions/artifacts", |e| {
                 *e == RouteError::DotSegment
             }),
@@ -358,9 +365,10 @@ mod tests {
             ("/api/v3/repos/o/r/actions/artifacts/0", |e| {
                 matches!(e, RouteError::BadId { .. })
             }),
-            ("/api/v3/repos/o/r/actions/artifacts/18446744073709551616", |e| {
-                matches!(e, RouteError::BadId { .. })
-            }),
+            (
+                "/api/v3/repos/o/r/actions/artifacts/18446744073709551616",
+                |e| matches!(e, RouteError::BadId { .. }),
+            ),
             ("/api/v3/repos/o/r/actions/runs/x1/artifacts", |e| {
                 matches!(e, RouteError::BadId { .. })
             }),

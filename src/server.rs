@@ -61,12 +61,13 @@ impl Server {
                 source: io::Error::other(e),
             })??;
         let upstream = Upstream::new(settings)?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         Ok(Server {
             listener,
             app: Arc::new(App::new(settings, upstream, index)),

@@ -136,9 +136,7 @@ impl Upstream {
         // connector negotiates h2 by ALPN on its own.
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(header::HOST, self.host_header.clone());
+        parts.headers.insert(header::HOST, self.host_header.clone());
         self.add_forwarding(&mut parts.headers, client);
         parts
             .headers
@@ -269,7 +267,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret-Hop".parse().unwrap(),
+        );
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());

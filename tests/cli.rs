@@ -1,0 +1,309 @@
+//! The command line: settings precedence (file < env < flag), check-config's
+//! answers and exit codes, and `serve` starting, answering and stopping on
+//! SIGTERM.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_artifact-mirror");
+
+/// The binary with no inherited ARTIFACT_MIRROR_* variables.
+fn mirror() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ARTIFACT_MIRROR_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("binary runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("mirror.toml");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("config written");
+    path
+}
+
+fn effective(stdout: &str) -> toml::Table {
+    toml::from_str(stdout).unwrap_or_else(|e| panic!("check-config output is TOML: {e}\n{stdout}"))
+}
+
+#[test]
+fn file_then_env_then_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "upstream = \"https://ghes.example.com/api/v3\"\nlisten = \"127.0.0.1:1111\"\ndata_dir = \"/from/file\"\nconnect_timeout = \"7s\"\n",
+    );
+    let listen = |cmd: &mut Command| {
+        let (code, out, err) = run(cmd);
+        assert_eq!(code, 0, "{err}");
+        let t = effective(&out);
+        (
+            t["listen"].as_str().unwrap().to_owned(),
+            t["data_dir"].as_str().unwrap().to_owned(),
+            t["connect_timeout"].as_str().unwrap().to_owned(),
+        )
+    };
+    let file_only = listen(mirror().args(["check-config", "--config"]).arg(&config));
+    assert_eq!(
+        file_only,
+        ("127.0.0.1:1111".into(), "/from/file".into(), "7s".into())
+    );
+
+    let env = listen(
+        mirror()
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env("ARTIFACT_MIRROR_LISTEN", "127.0.0.1:2222"),
+    );
+    assert_eq!(
+        env,
+        ("127.0.0.1:2222".into(), "/from/file".into(), "7s".into())
+    );
+
+    let flag = listen(
+        mirror()
+            .args(["check-config", "--listen", "127.0.0.1:3333", "--config"])
+            .arg(&config)
+            .env("ARTIFACT_MIRROR_LISTEN", "127.0.0.1:2222")
+            .env("ARTIFACT_MIRROR_CONNECT_TIMEOUT", "250ms"),
+    );
+    assert_eq!(
+        flag,
+        ("127.0.0.1:3333".into(), "/from/file".into(), "250ms".into())
+    );
+
+    // The file itself can come from the environment.
+    let via_env = listen(
+        mirror()
+            .arg("check-config")
+            .env("ARTIFACT_MIRROR_CONFIG", &config),
+    );
+    assert_eq!(via_env.0, "127.0.0.1:1111");
+}
+
+#[test]
+fn upstream_alone_gives_the_defaults() {
+    let (code, out, err) = run(mirror().args([
+        "check-config",
+        "--upstream",
+        "https://ghes.example.com/api/v3/",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let t = effective(&out);
+    assert_eq!(
+        t["upstream"].as_str(),
+        Some("https://ghes.example.com/api/v3")
+    );
+    assert_eq!(t["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(t["data_dir"].as_str(), Some("./data"));
+    assert_eq!(t["log_format"].as_str(), Some("human"));
+}
+
+#[test]
+fn shipped_config_file_checks() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/artifact-mirror.toml");
+    let (code, _, err) = run(mirror()
+        .args([
+            "check-config",
+            "--upstream",
+            "http://127.0.0.1:9/api/v3",
+            "--config",
+        ])
+        .arg(&shipped));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_config_names_the_bad_setting_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    /// (config file text, environment, what the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "upstream = \"https://g/api/v3\"\nlisten = \"nowhere\"\n",
+            &[],
+            "listen",
+        ),
+        (
+            "upstream = \"https://g/api/v3\"\nlisten_addr = \"127.0.0.1:1\"\n",
+            &[],
+            "listen_addr",
+        ),
+        (
+            "upstream = \"https://g/api/v3\"\nconnect_timeout = \"soon\"\n",
+            &[],
+            "connect_timeout",
+        ),
+        (
+            "upstream = \"https://g/api/v3\"\nconnect_timeout = \"0s\"\n",
+            &[],
+            "connect_timeout",
+        ),
+        ("upstream = \"ftp://g/api/v3\"\n", &[], "upstream"),
+        (
+            "upstream = \"https://me:pw@g/api/v3\"\n",
+            &[],
+            "credentials",
+        ),
+        ("listen = \"127.0.0.1:1\"\n", &[], "upstream"),
+        (
+            "upstream = \"https://g/api/v3\"\nmax_header_bytes = 10\n",
+            &[],
+            "max_header_bytes",
+        ),
+        (
+            "upstream = \"https://g/api/v3\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            &[],
+            "ca_file",
+        ),
+        (
+            "upstream = \"https://g/api/v3\"\nlog_format = \"xml\"\n",
+            &[],
+            "log_format",
+        ),
+        ("upstream = [1, 2]\n", &[], "upstream"),
+        ("this is not toml", &[], "mirror.toml"),
+        (
+            "upstream = \"https://g/api/v3\"\n",
+            &[("ARTIFACT_MIRROR_LISTEN", "nope")],
+            "ARTIFACT_MIRROR_LISTEN",
+        ),
+        (
+            "upstream = \"https://g/api/v3\"\n",
+            &[("ARTIFACT_MIRROR_TRUST_FORWARDED_HEADERS", "maybe")],
+            "trust-forwarded-headers",
+        ),
+    ];
+    for (text, env, needle) in cases {
+        let config = write_config(dir.path(), text);
+        let mut cmd = mirror();
+        cmd.args(["check-config", "--config"]).arg(&config);
+        for (k, v) in *env {
+            cmd.env(k, v);
+        }
+        let (code, out, err) = run(&mut cmd);
+        assert_eq!(code, 2, "{text:?}: expected exit 2, got {code}\n{out}{err}");
+        assert!(
+            err.contains(needle),
+            "{text:?}: {needle:?} not named in: {err}"
+        );
+        assert!(
+            out.is_empty(),
+            "{text:?}: printed settings despite the error"
+        );
+    }
+    let (code, _, err) = run(mirror().args(["check-config", "--config", "/nonexistent.toml"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read config file"), "{err}");
+}
+
+#[test]
+fn serve_answers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port: bind, read, release (the mirror binds it right after).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = mirror()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9/api/v3",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("ARTIFACT_MIRROR_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut healthy = false;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Read;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                healthy = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut log = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut log);
+    }
+    assert!(healthy, "never answered /healthz: {log}");
+    assert!(killed.map(|s| s.success()).unwrap_or(false));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    // The access log line is JSON and names the route.
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"route\":\"healthz\""))
+        .unwrap_or_else(|| panic!("no access line for /healthz in: {log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["method"], "GET");
+    assert!(v["duration_ms"].is_number());
+    assert!(dir.path().join("index").is_dir());
+}
+
+#[test]
+fn serve_refuses_a_data_dir_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = artifact_mirror::index::Index::open(&dir.path().join("index"), 1 << 20).unwrap();
+    let (code, _, err) = run(mirror()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9/api/v3",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("another artifact-mirror"), "{err}");
+}

@@ -1,0 +1,173 @@
+//! Shared by the integration tests: a simulator with a mirror in front of
+//! it, both on loopback, and a small HTTP client.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use artifact_mirror::config::{Layer, Settings};
+use artifact_mirror::server::Server;
+use bytes::Bytes;
+use ghes_sim::{Sim, SimConfig};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound for any single exchange in a test.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub sim: Sim,
+    pub mirror: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a simulator and a mirror in front of it; `tune` adjusts the
+    /// mirror's settings (upstream, listen and data dir are filled in).
+    pub async fn start_with(tune: impl FnOnce(&mut Layer)) -> Harness {
+        let sim = Sim::start(SimConfig::default())
+            .await
+            .expect("simulator starts");
+        let upstream = sim.api_base();
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut layer = Layer {
+            upstream: Some(upstream.parse().expect("sim base is a URL")),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            data_dir: Some(data_dir.path().to_owned()),
+            ..Layer::default()
+        };
+        tune(&mut layer);
+        let (mirror, stop, task) = start_mirror(layer).await;
+        Harness {
+            sim,
+            mirror,
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/api/v3{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/api/v3{path}", self.mirror)
+    }
+
+    /// The same path on the simulator, for side-by-side comparisons.
+    pub fn direct_url(&self, path: &str) -> String {
+        format!("{}{path}", self.sim.api_base())
+    }
+
+    /// Stops the mirror and waits until it has shut down.
+    pub async fn stop_mirror(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(TIMEOUT, task)
+                .await
+                .expect("mirror stops in time")
+                .expect("mirror task");
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts a mirror with these settings; returns its address, a stop switch
+/// and its task.
+pub async fn start_mirror(layer: Layer) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let settings = Settings::resolve(layer).expect("valid test settings");
+    let server = Server::bind(&settings).await.expect("mirror binds");
+    let addr = server.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every value of a repeated header, in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(request: Request<Full<Bytes>>) -> Reply {
+    send_with(&client(), request).await
+}
+
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Reply {
+    let exchange = async {
+        let response = client.request(request).await.expect("request sent");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("whole body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .expect("answer within the test timeout")
+}
+
+/// A request with an optional `Authorization: token …`.
+pub fn request(method: Method, url: &str, token: Option<&str>) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("token {token}"));
+    }
+    builder
+        .body(Full::new(Bytes::new()))
+        .expect("valid request")
+}
+
+pub async fn get(url: &str, token: Option<&str>) -> Reply {
+    send(request(Method::GET, url, token)).await
+}

@@ -1,0 +1,450 @@
+//! The mirror as a plain forwarding proxy in front of the simulator: every
+//! route reaches upstream and comes back unchanged, headers are handled as a
+//! proxy must, bad input stops at the mirror, upstream failures map to
+//! 502/504.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{get, request, send, Harness, Reply};
+use ghes_sim::fixtures::{
+    ADMIN_TOKEN, OUTSIDER_TOKEN, PRIVATE_REPO, PRIVATE_REPO_ID, PUBLIC_REPO, PUBLIC_REPO_ID,
+    READER_TOKEN,
+};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+
+/// Headers GitHub (and the simulator) set that must arrive untouched.
+const KEPT: &[&str] = &[
+    "content-type",
+    "cache-control",
+    "etag",
+    "x-ratelimit-limit",
+    "x-ratelimit-resource",
+    "x-github-media-type",
+    "x-github-enterprise-version",
+    "link",
+];
+
+fn assert_same_answer(via_mirror: &Reply, direct: &Reply, what: &str) {
+    assert_eq!(via_mirror.status, direct.status, "{what}: status");
+    assert_eq!(via_mirror.body, direct.body, "{what}: body");
+    for name in KEPT {
+        assert_eq!(
+            via_mirror.all(name),
+            direct.all(name),
+            "{what}: header {name}"
+        );
+    }
+    assert_eq!(via_mirror.all("vary"), direct.all("vary"), "{what}: vary");
+    // A signed blob URL carries its expiry second: compare all but the query.
+    let unsigned = |r: &Reply| {
+        r.header("location")
+            .map(|l| l.split('?').next().map(str::to_owned))
+    };
+    assert_eq!(unsigned(via_mirror), unsigned(direct), "{what}: location");
+}
+
+fn first_artifact(sim: &ghes_sim::Sim, repo: &str) -> ghes_sim::Artifact {
+    sim.artifacts(repo)
+        .into_iter()
+        .find(|a| !a.expired)
+        .expect("seeded artifact")
+}
+
+#[tokio::test]
+async fn every_artifact_route_is_forwarded_in_both_forms() {
+    let h = Harness::start().await;
+    let art = first_artifact(&h.sim, PRIVATE_REPO);
+    let by_name = format!("/repos/{PRIVATE_REPO}");
+    let by_id = format!("/repositories/{PRIVATE_REPO_ID}");
+    for base in [&by_name, &by_id] {
+        for path in [
+            format!("{base}/actions/artifacts?per_page=2"),
+            format!("{base}/actions/runs/{}/artifacts", art.run_id),
+            format!("{base}/actions/artifacts/{}", art.id),
+            format!("{base}/actions/artifacts/{}/zip", art.id),
+        ] {
+            let direct = get(&h.direct_url(&path), Some(READER_TOKEN)).await;
+            let mirrored = get(&h.url(&path), Some(READER_TOKEN)).await;
+            assert_same_answer(&mirrored, &direct, &path);
+        }
+    }
+    let c = h.sim.counters();
+    assert_eq!((c.list_repo, c.list_run, c.get, c.download), (4, 4, 4, 4));
+    // The download's 302 comes back as is: the mirror neither follows it nor
+    // touches the blob host.
+    assert!(h.sim.blob_requests().is_empty());
+}
+
+#[tokio::test]
+async fn redirect_passes_through_unfollowed() {
+    let h = Harness::start().await;
+    let art = first_artifact(&h.sim, PUBLIC_REPO);
+    let r = get(
+        &h.url(&format!(
+            "/repos/{PUBLIC_REPO}/actions/artifacts/{}/zip",
+            art.id
+        )),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let location = r.header("location").expect("location");
+    assert!(
+        location.starts_with(&format!("http://{}/", h.sim.blob_addr())),
+        "{location}"
+    );
+    assert!(h.sim.blob_requests().is_empty());
+}
+
+#[tokio::test]
+async fn delete_is_forwarded_with_upstream_permission_answers() {
+    let h = Harness::start().await;
+    let art = first_artifact(&h.sim, PUBLIC_REPO);
+    let path = h.url(&format!(
+        "/repositories/{PUBLIC_REPO_ID}/actions/artifacts/{}",
+        art.id
+    ));
+    let denied = send(request(Method::DELETE, &path, Some(READER_TOKEN))).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        denied.json()["message"],
+        "You must have push access to this repository."
+    );
+    let done = send(request(Method::DELETE, &path, Some(ADMIN_TOKEN))).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT);
+    assert!(h.sim.artifact(art.id).is_none());
+    assert_eq!(h.sim.counters().delete, 2);
+}
+
+#[tokio::test]
+async fn upstream_errors_reach_the_client_unchanged() {
+    let h = Harness::start().await;
+    let list = format!("/repos/{PRIVATE_REPO}/actions/artifacts");
+    for token in [None, Some(OUTSIDER_TOKEN), Some("ghp_bogus")] {
+        let direct = get(&h.direct_url(&list), token).await;
+        let mirrored = get(&h.url(&list), token).await;
+        assert!(direct.status.is_client_error(), "{token:?}");
+        assert_same_answer(&mirrored, &direct, &format!("{token:?}"));
+    }
+    // Rate-limit headers come from upstream and keep counting down.
+    let a = get(&h.url(&list), Some(READER_TOKEN)).await;
+    let b = get(&h.url(&list), Some(READER_TOKEN)).await;
+    let remaining = |r: &Reply| -> u32 {
+        r.header("x-ratelimit-remaining")
+            .and_then(|v| v.parse().ok())
+            .expect("remaining")
+    };
+    assert_eq!(remaining(&a), remaining(&b) + 1);
+}
+
+#[tokio::test]
+async fn a_conditional_request_reaches_upstream_and_its_304_comes_back() {
+    let h = Harness::start().await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    let first = get(&url, Some(READER_TOKEN)).await;
+    let etag = first.header("etag").expect("etag").to_owned();
+    let again = Request::get(&url)
+        .header("authorization", format!("token {READER_TOKEN}"))
+        .header("if-none-match", &etag)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(again).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+    assert_eq!(h.sim.counters().not_modified, 1);
+}
+
+#[tokio::test]
+async fn other_routes_are_forwarded_with_bodies_both_ways() {
+    let h = Harness::start().await;
+    let meta = get(&h.url("/meta"), None).await;
+    let direct = get(&h.direct_url("/meta"), None).await;
+    assert_same_answer(&meta, &direct, "/meta");
+    assert_eq!(h.sim.counters().other, 2);
+
+    // 3 MiB of non-repeating bytes up and back down.
+    let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let post = Request::post(h.url("/markdown/raw"))
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let echoed = send(post).await;
+    assert_eq!(echoed.status, StatusCode::OK);
+    assert_eq!(echoed.body.len(), payload.len());
+    assert!(echoed.body == payload, "echoed body differs");
+    let recorded = h.sim.requests();
+    let last = recorded.last().expect("recorded");
+    assert_eq!(last.body_len, payload.len());
+}
+
+#[tokio::test]
+async fn header_hygiene_toward_upstream_and_back() {
+    let h = Harness::start().await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    let req = Request::get(&url)
+        .header("authorization", format!("token {READER_TOKEN}"))
+        .header("connection", "keep-alive, x-hop-secret")
+        .header("x-hop-secret", "must not travel")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-github-api-version", "2022-11-28")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Two Vary lines and the Via of this hop on the way back.
+    assert_eq!(r.all("vary").len(), 2);
+    assert_eq!(r.all("via"), ["1.1 artifact-mirror"]);
+
+    let seen = h.sim.requests();
+    let upstream = seen.last().expect("request reached the simulator");
+    let header = |name: &str| -> Vec<&str> {
+        upstream
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(header("host"), [h.sim.api_addr().to_string()]);
+    assert_eq!(header("authorization"), [format!("token {READER_TOKEN}")]);
+    assert_eq!(header("x-github-api-version"), ["2022-11-28"]);
+    // Untrusted client-supplied forwarding headers are replaced.
+    assert_eq!(header("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header("x-forwarded-proto"), ["http"]);
+    assert!(header("x-forwarded-host").is_empty());
+    assert_eq!(header("via"), ["1.1 artifact-mirror"]);
+    for hop in [
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(header(hop).is_empty(), "{hop} was forwarded");
+    }
+}
+
+#[tokio::test]
+async fn trusted_forwarding_headers_are_appended() {
+    let h = Harness::start_with(|l| l.trust_forwarded_headers = Some(true)).await;
+    let req = Request::get(h.url("/meta"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await.status, StatusCode::OK);
+    let seen = h.sim.requests();
+    let upstream = seen.last().expect("recorded");
+    let get = |name: &str| {
+        upstream
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
+}
+
+/// Each malformed request gets a GitHub-style 4xx from the mirror and
+/// nothing reaches the simulator.
+#[tokio::test]
+async fn bad_input_stops_at_the_mirror() {
+    let h = Harness::start().await;
+    let table: &[(Method, &str, u16, &str)] = &[
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo/../private-repo/actions/artifacts",
+            400,
+            "`.` or `..`",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/%2e%2e/actions/artifacts",
+            400,
+            "`.` or `..`",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org%2Fpublic-repo/x/actions/artifacts",
+            400,
+            "encoded",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo%5C/actions/artifacts",
+            400,
+            "encoded",
+        ),
+        (
+            Method::GET,
+            "/repos/octo$org/public-repo/actions/artifacts",
+            400,
+            "owner",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public%20repo/actions/artifacts",
+            400,
+            "repository name",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo/actions/artifacts/abc",
+            400,
+            "artifact id",
+        ),
+        (
+            Method::DELETE,
+            "/repos/octo-org/public-repo/actions/artifacts/1e3",
+            400,
+            "artifact id",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo/actions/artifacts/99999999999999999999",
+            400,
+            "artifact id",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo/actions/runs/-5/artifacts",
+            400,
+            "run id",
+        ),
+        (
+            Method::GET,
+            "/repositories/0x3e9/actions/artifacts",
+            400,
+            "repository id",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo/actions/artifacts/1/tar",
+            400,
+            "zip",
+        ),
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo/actions/artifacts/1/zip/more",
+            404,
+            "Not Found",
+        ),
+    ];
+    for (method, path, status, needle) in table {
+        let r = send(request(method.clone(), &h.url(path), Some(ADMIN_TOKEN))).await;
+        assert_eq!(r.status.as_u16(), *status, "{method} {path}");
+        let body = r.json();
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{path}: {message}");
+        assert!(body["documentation_url"].is_string(), "{path}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+    }
+    // Outside the API base path: the mirror's own 404.
+    let r = get(&format!("http://{}/elsewhere", h.mirror), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(h.sim.counters().api_requests, 0, "{:?}", h.sim.requests());
+}
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let h = Harness::start_with(|l| l.max_header_bytes = Some(16 * 1024)).await;
+    let big = "x".repeat(20 * 1024);
+    let req = Request::get(h.url("/meta"))
+        .header("x-big", big)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(h.sim.counters().api_requests, 0);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let h = Harness::start_with(|l| {
+        l.upstream = Some(format!("http://127.0.0.1:{port}/api/v3").parse().unwrap());
+    })
+    .await;
+    let r = get(&h.url("/meta"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("Upstream unreachable"));
+
+    let h = Harness::start_with(|l| {
+        l.upstream_timeout = Some("300ms".parse().unwrap());
+    })
+    .await;
+    h.sim.knobs().set_latency(Duration::from_secs(3));
+    let r = get(&h.url("/meta"), None).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["message"], "Upstream did not answer within 300ms");
+}
+
+#[tokio::test]
+async fn upstream_5xx_passes_through() {
+    let h = Harness::start().await;
+    h.sim.knobs().fail_next(1, 503);
+    let r = get(
+        &h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let ok = get(
+        &h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts")),
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let h = Harness::start().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let r = common::send_with(&client, request(Method::GET, &h.url("/meta"), None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, get(&h.direct_url("/meta"), None).await.body);
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_at_the_root() {
+    let h = Harness::start().await;
+    let alive = get(&format!("http://{}/healthz", h.mirror), None).await;
+    assert_eq!(alive.status, StatusCode::OK);
+    let ready = get(&format!("http://{}/readyz", h.mirror), None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
+    assert_eq!(ready.json()["checks"]["index"], "ok");
+
+    // A data dir that stops taking writes (here: gone) makes it not ready.
+    std::fs::remove_dir_all(h.data_dir.path()).unwrap();
+    let not_ready = get(&format!("http://{}/readyz", h.mirror), None).await;
+    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(not_ready.json()["status"], "not ready");
+    assert_ne!(not_ready.json()["checks"]["data_dir"], "ok");
+    assert_eq!(h.sim.counters().api_requests, 0);
+}

@@ -1,0 +1,66 @@
+//! Fault injection that tests flip at run time, without restarting the sim.
+
+use crate::util::lock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Run-time fault injection. All methods take `&self`.
+#[derive(Debug, Default)]
+pub struct Knobs {
+    latency_nanos: AtomicU64,
+    /// (remaining count, status)
+    fail: Mutex<(u32, u16)>,
+    /// (body bytes before the cut, remaining count)
+    cut: Mutex<(u64, u32)>,
+}
+
+impl Knobs {
+    /// Delay before every API answer (0 = none). Not applied to the blob host.
+    pub fn set_latency(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The next `n` API requests answer `status` with a GitHub-style JSON
+    /// error body, before any routing or authentication.
+    pub fn fail_next(&self, n: u32, status: u16) {
+        *lock(&self.fail) = (n, status);
+    }
+
+    /// The next `times` blob GETs that would send a zip body send their
+    /// headers as usual (with the full `Content-Length`), then drop the
+    /// connection after `bytes` body bytes.
+    pub fn cut_blob_after(&self, bytes: u64, times: u32) {
+        *lock(&self.cut) = (bytes, times);
+    }
+
+    /// Back to normal: no latency, no failures, no cuts.
+    pub fn clear(&self) {
+        self.set_latency(Duration::ZERO);
+        self.fail_next(0, 0);
+        self.cut_blob_after(0, 0);
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Takes one injected failure, if any are left.
+    pub(crate) fn take_failure(&self) -> Option<u16> {
+        let mut f = lock(&self.fail);
+        (f.0 > 0).then(|| {
+            f.0 -= 1;
+            f.1
+        })
+    }
+
+    /// Takes one injected cut, if any are left: the byte count to send.
+    pub(crate) fn take_cut(&self) -> Option<u64> {
+        let mut c = lock(&self.cut);
+        (c.1 > 0).then(|| {
+            c.1 -= 1;
+            c.0
+        })
+    }
+}

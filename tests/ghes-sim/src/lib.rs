@@ -1,0 +1,236 @@
+//! A test double of the GitHub Enterprise Server (3.19) REST API's Actions
+//! artifacts endpoints, plus the blob storage host its download redirects
+//! point at.
+//!
+//! It exists so the mirror's tests, benches and demo can run against
+//! something that behaves like GHES where it matters to a caching proxy:
+//! per-token ETags and 304s that cost no rate limit, `Link` pagination in the
+//! `/repositories/{id}` form, 404 (not 403) for private repositories,
+//! short-lived signed redirects to a host that rejects `Authorization`, Range
+//! requests, and injectable latency, failures and cut connections.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let sim = ghes_sim::Sim::start(ghes_sim::SimConfig::default()).await?;
+//! println!("GHES at {}", sim.api_base());
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod blob;
+pub mod fixtures;
+mod knobs;
+mod routes;
+mod server;
+mod state;
+mod store;
+mod util;
+mod zip;
+
+#[cfg(test)]
+mod tests;
+
+pub use knobs::Knobs;
+pub use store::{Artifact, NewArtifact};
+
+use bytes::Bytes;
+use state::State;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use util::lock;
+
+/// How to start a [`Sim`].
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// API listener; default `127.0.0.1:0` (any free port).
+    pub api_addr: SocketAddr,
+    /// Blob storage listener, a separate host like GHES's blob storage;
+    /// default `127.0.0.1:0`.
+    pub blob_addr: SocketAddr,
+    /// How long a signed blob URL stays valid; default 60 s (GitHub: ~1 min).
+    /// Zero makes every URL already expired.
+    pub link_ttl: Duration,
+    /// Requests per token per hour; default 5000. Anonymous callers share
+    /// one bucket of `min(60, rate_limit)`.
+    pub rate_limit: u32,
+    /// Populate the fixture repositories (see [`fixtures`]); default true.
+    pub seed_artifacts: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        SimConfig {
+            api_addr: any,
+            blob_addr: any,
+            link_ttl: Duration::from_secs(60),
+            rate_limit: 5000,
+            seed_artifacts: true,
+        }
+    }
+}
+
+/// What the simulator has seen since start (or the last reset).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// API requests by route; every request counts, whatever its answer.
+    pub list_repo: u64,
+    pub list_run: u64,
+    pub get: u64,
+    pub delete: u64,
+    pub download: u64,
+    /// Meta, repo, markdown and unknown routes.
+    pub other: u64,
+    /// All requests on the API listener.
+    pub api_requests: u64,
+    /// 304 answers.
+    pub not_modified: u64,
+    /// GET requests on the blob listener (HEAD not counted), whatever the answer.
+    pub blob_gets: u64,
+    /// Zip body bytes the blob listener handed to the connection (error
+    /// bodies not included).
+    pub blob_bytes: u64,
+    /// Rate-limit units spent in the current window: key "anonymous",
+    /// "admin", "reader" or "outsider" (present, possibly 0, once the sim
+    /// answered a request for that identity).
+    pub rate_limit_used: BTreeMap<String, u32>,
+}
+
+/// One request as a listener received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path_and_query: String,
+    /// Lower-case names, in received order, repeated headers kept.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes read so far (final once the request was answered).
+    pub body_len: usize,
+    /// "HTTP/1.1" or "HTTP/2.0".
+    pub version: String,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (lower-case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running simulator. Dropping it (or calling [`Sim::shutdown`]) stops both
+/// listeners and closes their connections.
+pub struct Sim {
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sim {
+    /// Binds both listeners and serves them on the current tokio runtime.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<Sim> {
+        let api = TcpListener::bind(cfg.api_addr).await?;
+        let blob = TcpListener::bind(cfg.blob_addr).await?;
+        let state = Arc::new(State::new(cfg, api.local_addr()?, blob.local_addr()?));
+        let api_state = state.clone();
+        let blob_state = state.clone();
+        let tasks = vec![
+            server::spawn_listener(api, move |req| api::handle(api_state.clone(), req)),
+            server::spawn_listener(blob, move |req| blob::handle(blob_state.clone(), req)),
+        ];
+        Ok(Sim { state, tasks })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.state.api_addr
+    }
+
+    pub fn blob_addr(&self) -> SocketAddr {
+        self.state.blob_addr
+    }
+
+    /// `http://127.0.0.1:PORT/api/v3`, no trailing slash.
+    pub fn api_base(&self) -> String {
+        self.state.api_base.clone()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.state.snapshot()
+    }
+
+    /// Zeroes all counters and starts fresh rate-limit windows.
+    pub fn reset_counters(&self) {
+        self.state.reset_counters();
+    }
+
+    pub fn knobs(&self) -> &Knobs {
+        &self.state.knobs
+    }
+
+    /// Every request the API listener received, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.api_log).clone()
+    }
+
+    /// Every request the blob listener received, in order.
+    pub fn blob_requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.blob_log).clone()
+    }
+
+    /// Creates an artifact and its zip (ids continue after the seeded ones)
+    /// and returns it. Large zips take a moment to build (and to hash, in
+    /// unoptimized builds); the sim keeps answering meanwhile.
+    ///
+    /// Panics if the payload exceeds what a non-zip64 archive holds (~4 GiB).
+    pub fn add_artifact(&self, spec: NewArtifact) -> Artifact {
+        let pending = lock(&self.state.store).reserve(spec);
+        let stored = pending.build();
+        lock(&self.state.store).insert(stored)
+    }
+
+    pub fn artifact(&self, id: u64) -> Option<Artifact> {
+        lock(&self.state.store).get(id).map(|s| s.artifact.clone())
+    }
+
+    /// The artifacts of "owner/name", newest first (as the API lists them).
+    pub fn artifacts(&self, repo: &str) -> Vec<Artifact> {
+        let mut v = lock(&self.state.store).list_by_name(repo);
+        v.reverse();
+        v
+    }
+
+    /// The exact zip the blob host serves for this artifact.
+    pub fn zip_bytes(&self, id: u64) -> Option<Bytes> {
+        lock(&self.state.store).get(id).map(|s| s.zip.clone())
+    }
+
+    /// Marks the artifact expired: its JSON says `"expired": true` (so its
+    /// ETags change) and the download endpoint answers 410.
+    pub fn expire_artifact(&self, id: u64) {
+        lock(&self.state.store).expire(id);
+    }
+
+    /// Stops both listeners and waits until their tasks are gone.
+    pub async fn shutdown(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
