@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 
 use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
 use crate::body::{Body, BoxError};
@@ -13,7 +14,8 @@ use crate::config::Settings;
 use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
-use crate::router::{self, Route};
+use crate::meta::JsonCache;
+use crate::router::{self, ArtifactRoute, Route};
 use crate::upstream::{ClientInfo, Upstream};
 
 /// Everything a request handler may need, shared by all connections.
@@ -22,15 +24,17 @@ pub struct App {
     data_dir: PathBuf,
     upstream: Upstream,
     index: Index,
+    json: JsonCache,
 }
 
 impl App {
-    pub fn new(settings: &Settings, upstream: Upstream, index: Index) -> App {
+    pub fn new(settings: &Settings, upstream: Upstream, index: Index, json: JsonCache) -> App {
         App {
             api_base: settings.api_base_path().to_owned(),
             data_dir: settings.data_dir.clone(),
             upstream,
             index,
+            json,
         }
     }
 
@@ -50,7 +54,11 @@ impl App {
         let route_name = route.as_ref().map_or("rejected", Route::name);
         let response = match route {
             Ok(route) => self
-                .dispatch(route, request, client)
+                .dispatch(
+                    route,
+                    request.map(|b| b.map_err(Into::into).boxed()),
+                    client,
+                )
                 .await
                 .unwrap_or_else(MirrorError::into_response),
             Err(e) => MirrorError::from(e).into_response(),
@@ -68,22 +76,32 @@ impl App {
         Response::from_parts(parts, LoggedBody::new(body, entry))
     }
 
-    async fn dispatch<B>(
+    async fn dispatch(
         &self,
         route: Route,
-        request: Request<B>,
+        request: Request<Body>,
         client: ClientInfo,
-    ) -> Result<Response<Body>, MirrorError>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
-        B::Error: Into<BoxError>,
-    {
+    ) -> Result<Response<Body>, MirrorError> {
         match route {
             Route::Alive => Ok(health::alive()),
             Route::Ready => Ok(health::ready(&self.data_dir, &self.index).await),
-            // The artifact routes get their own handling in the cache and
-            // zip-store work; until then they are forwarded like the rest.
-            Route::Artifact(_) | Route::Forward => self.upstream.forward(request, client).await,
+            Route::Artifact(
+                ref route @ (ArtifactRoute::ListForRepo { .. }
+                | ArtifactRoute::ListForRun { .. }
+                | ArtifactRoute::Get { .. }),
+            ) => self.json.serve(route, request, client).await,
+            Route::Artifact(ArtifactRoute::Delete { ref repo, .. }) => {
+                let response = self.upstream.forward(request, client).await?;
+                if response.status() == http::StatusCode::NO_CONTENT {
+                    self.json.purge_repo(repo);
+                }
+                Ok(response)
+            }
+            // Downloads get the zip store in their own issue; until then the
+            // redirect passes through.
+            Route::Artifact(ArtifactRoute::Download { .. }) | Route::Forward => {
+                self.upstream.forward(request, client).await
+            }
         }
     }
 }

@@ -89,6 +89,24 @@ pub struct Layer {
         value_name = "BOOL"
     )]
     pub trust_forwarded_headers: Option<bool>,
+    /// JSON revalidation: `always` (every request asks upstream; a 304 is free) or `when-stale` [default: always].
+    #[arg(long, env = "ARTIFACT_MIRROR_REVALIDATE", value_name = "MODE")]
+    pub revalidate: Option<Revalidate>,
+    /// Under when-stale, longest a cached answer counts as fresh (caps upstream's max-age) [default: 60s].
+    #[arg(long, env = "ARTIFACT_MIRROR_MAX_FRESH", value_name = "DURATION")]
+    pub max_fresh: Option<Span>,
+    /// Serve cached JSON when upstream fails (5xx, unreachable) if validated within this long; 0s = never [default: 0s].
+    #[arg(long, env = "ARTIFACT_MIRROR_STALE_IF_ERROR", value_name = "DURATION")]
+    pub stale_if_error: Option<Span>,
+    /// Memory for the hot tier of cached JSON [default: 67108864].
+    #[arg(long, env = "ARTIFACT_MIRROR_JSON_MEMORY_BYTES", value_name = "BYTES")]
+    pub json_memory_bytes: Option<u64>,
+    /// Disk for cached JSON; least recently validated entries go first [default: 1073741824].
+    #[arg(long, env = "ARTIFACT_MIRROR_JSON_DISK_BYTES", value_name = "BYTES")]
+    pub json_disk_bytes: Option<u64>,
+    /// Cached JSON not validated by upstream for this long is dropped [default: 7days].
+    #[arg(long, env = "ARTIFACT_MIRROR_JSON_MAX_AGE", value_name = "DURATION")]
+    pub json_max_age: Option<Span>,
     /// Memory the embedded index may use for its page cache [default: 67108864].
     #[arg(long, env = "ARTIFACT_MIRROR_INDEX_CACHE_BYTES", value_name = "BYTES")]
     pub index_cache_bytes: Option<u64>,
@@ -127,6 +145,12 @@ impl Layer {
             trust_forwarded_headers: self
                 .trust_forwarded_headers
                 .or(lower.trust_forwarded_headers),
+            revalidate: self.revalidate.or(lower.revalidate),
+            max_fresh: self.max_fresh.or(lower.max_fresh),
+            stale_if_error: self.stale_if_error.or(lower.stale_if_error),
+            json_memory_bytes: self.json_memory_bytes.or(lower.json_memory_bytes),
+            json_disk_bytes: self.json_disk_bytes.or(lower.json_disk_bytes),
+            json_max_age: self.json_max_age.or(lower.json_max_age),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
@@ -149,6 +173,12 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub shutdown_grace: Span,
     pub trust_forwarded_headers: bool,
+    pub revalidate: Revalidate,
+    pub max_fresh: Span,
+    pub stale_if_error: Span,
+    pub json_memory_bytes: u64,
+    pub json_disk_bytes: u64,
+    pub json_max_age: Span,
     pub index_cache_bytes: u64,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -186,6 +216,14 @@ impl Settings {
                 .shutdown_grace
                 .unwrap_or(Span(Duration::from_secs(30))),
             trust_forwarded_headers: layer.trust_forwarded_headers.unwrap_or(false),
+            revalidate: layer.revalidate.unwrap_or(Revalidate::Always),
+            max_fresh: layer.max_fresh.unwrap_or(Span(Duration::from_secs(60))),
+            stale_if_error: layer.stale_if_error.unwrap_or(Span(Duration::ZERO)),
+            json_memory_bytes: layer.json_memory_bytes.unwrap_or(64 * 1024 * 1024),
+            json_disk_bytes: layer.json_disk_bytes.unwrap_or(1024 * 1024 * 1024),
+            json_max_age: layer
+                .json_max_age
+                .unwrap_or(Span(Duration::from_secs(7 * 24 * 3600))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
             log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
@@ -202,6 +240,12 @@ impl Settings {
             if span.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
             }
+        }
+        if self.json_max_age.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "json_max_age",
+                "must be longer than zero",
+            ));
         }
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
             return Err(ConfigError::invalid(
@@ -293,6 +337,18 @@ impl Serialize for Span {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// When cached JSON is checked with upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Revalidate {
+    /// Every request goes upstream as a conditional request: a 304 costs no
+    /// rate limit, and a list right after an upload shows the upload.
+    Always,
+    /// Fresh entries (upstream max-age, capped by `max_fresh`) are answered
+    /// without asking upstream: lower latency, up to a minute behind.
+    WhenStale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -48,14 +48,19 @@ struct ErrorBody<'a> {
     documentation_url: &'a str,
 }
 
-/// A GitHub-style JSON error answer.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let text = serde_json::to_string(&ErrorBody {
+/// The bytes of a GitHub-style JSON error body.
+pub fn error_body(message: &str) -> bytes::Bytes {
+    serde_json::to_vec(&ErrorBody {
         message,
         documentation_url: DOCUMENTATION_URL,
     })
-    .unwrap_or_default();
-    let mut response = Response::new(body::full(text));
+    .unwrap_or_default()
+    .into()
+}
+
+/// A GitHub-style JSON error answer.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(error_body(message)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -4,6 +4,10 @@
 //! setting instead of sled's 1 GB default.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sled::IVec;
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -14,9 +18,26 @@ pub struct IndexOpenError {
     source: sled::Error,
 }
 
+/// Cached JSON lives in three trees: `json_meta` (key → last-validated
+/// time + policy and headers, rewritten on every revalidation, so small),
+/// `json_body` (key → body, written only when upstream sends a new one) and
+/// `json_lru` (time ++ key, oldest first, for eviction by size and age).
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
+    json_meta: sled::Tree,
+    json_body: sled::Tree,
+    json_lru: sled::Tree,
+    aliases: sled::Tree,
+    /// Bytes of cached JSON (meta + body), kept in memory; recounted at open.
+    json_bytes: Arc<AtomicU64>,
+}
+
+/// A cached JSON record as stored.
+pub struct JsonRecord {
+    pub validated_at: u64,
+    pub meta: IVec,
+    pub body: IVec,
 }
 
 /// Key of the record that proves the index is readable and writable.
@@ -32,7 +53,149 @@ impl Index {
                 path: dir.to_owned(),
                 source,
             })?;
-        Ok(Index { db })
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|source| IndexOpenError {
+                path: dir.to_owned(),
+                source,
+            })
+        };
+        let index = Index {
+            json_meta: tree("json_meta")?,
+            json_body: tree("json_body")?,
+            json_lru: tree("json_lru")?,
+            aliases: tree("aliases")?,
+            json_bytes: Arc::new(AtomicU64::new(0)),
+            db,
+        };
+        let mut total = 0u64;
+        for tree in [&index.json_meta, &index.json_body] {
+            for item in tree.iter() {
+                let (_, v) = item.map_err(|source| IndexOpenError {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                total += v.len() as u64;
+            }
+        }
+        index.json_bytes.store(total, Ordering::Relaxed);
+        Ok(index)
+    }
+
+    pub fn json_get(&self, key: &[u8]) -> Result<Option<JsonRecord>, sled::Error> {
+        let Some(meta) = self.json_meta.get(key)? else {
+            return Ok(None);
+        };
+        let Some(body) = self.json_body.get(key)? else {
+            // A crash between the two writes: treat as absent.
+            self.json_remove(key)?;
+            return Ok(None);
+        };
+        let (validated_at, meta) = split_stamp(&meta);
+        Ok(Some(JsonRecord {
+            validated_at,
+            meta,
+            body,
+        }))
+    }
+
+    /// Stores meta (always) and body (when upstream sent a new one).
+    pub fn json_put(
+        &self,
+        key: &[u8],
+        validated_at: u64,
+        meta: &[u8],
+        body: Option<&[u8]>,
+    ) -> Result<(), sled::Error> {
+        let mut stamped = Vec::with_capacity(8 + meta.len());
+        stamped.extend_from_slice(&validated_at.to_be_bytes());
+        stamped.extend_from_slice(meta);
+        let mut added = stamped.len() as u64;
+        let mut removed = 0u64;
+        if let Some(body) = body {
+            added += body.len() as u64;
+            if let Some(old) = self.json_body.insert(key, body)? {
+                removed += old.len() as u64;
+            }
+        }
+        if let Some(old) = self.json_meta.insert(key, stamped)? {
+            removed += old.len() as u64;
+            let (old_time, _) = split_stamp(&old);
+            self.json_lru.remove(lru_key(old_time, key))?;
+        }
+        self.json_lru.insert(lru_key(validated_at, key), &[])?;
+        self.account(added, removed);
+        Ok(())
+    }
+
+    pub fn json_remove(&self, key: &[u8]) -> Result<(), sled::Error> {
+        let mut removed = 0;
+        if let Some(old) = self.json_meta.remove(key)? {
+            removed += old.len() as u64;
+            let (old_time, _) = split_stamp(&old);
+            self.json_lru.remove(lru_key(old_time, key))?;
+        }
+        if let Some(old) = self.json_body.remove(key)? {
+            removed += old.len() as u64;
+        }
+        self.account(0, removed);
+        Ok(())
+    }
+
+    /// Removes every record whose key starts with `prefix`; returns how many.
+    pub fn json_remove_prefix(&self, prefix: &[u8]) -> Result<usize, sled::Error> {
+        let keys: Vec<IVec> = self
+            .json_meta
+            .scan_prefix(prefix)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for key in &keys {
+            self.json_remove(key)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Drops the least recently validated records until the JSON bytes fit
+    /// `max_bytes`, and every record validated before `oldest`. Returns the
+    /// keys dropped so the memory tier can follow.
+    pub fn json_evict(&self, max_bytes: u64, oldest: u64) -> Result<Vec<Vec<u8>>, sled::Error> {
+        let mut dropped = Vec::new();
+        while let Some((lru, _)) = self.json_lru.first()? {
+            let (time, key) = split_stamp(&lru);
+            if self.json_bytes() <= max_bytes && time >= oldest {
+                break;
+            }
+            self.json_remove(&key)?;
+            // A record whose meta vanished leaves its LRU line behind.
+            self.json_lru.remove(&lru)?;
+            dropped.push(key.to_vec());
+        }
+        Ok(dropped)
+    }
+
+    pub fn json_bytes(&self) -> u64 {
+        self.json_bytes.load(Ordering::Relaxed)
+    }
+
+    fn account(&self, added: u64, removed: u64) {
+        let _ = self
+            .json_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some((v + added).saturating_sub(removed))
+            });
+    }
+
+    /// Remembers that two repository keys name the same repository
+    /// (`owner/name` and its id), both ways.
+    pub fn alias_put(&self, a: &[u8], b: &[u8]) -> Result<(), sled::Error> {
+        if self.aliases.get(a)?.as_deref() != Some(b) {
+            self.aliases.insert(a, b)?;
+            self.aliases.insert(b, a)?;
+        }
+        Ok(())
+    }
+
+    pub fn alias_get(&self, a: &[u8]) -> Result<Option<IVec>, sled::Error> {
+        self.aliases.get(a)
     }
 
     /// Writes and reads back a record: what `/readyz` means by "index open".
@@ -55,6 +218,21 @@ impl Index {
     }
 }
 
+fn lru_key(time: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&time.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits `time (8 bytes, big-endian) ++ rest`.
+fn split_stamp(v: &IVec) -> (u64, IVec) {
+    let mut time = [0u8; 8];
+    let n = v.len().min(8);
+    time[..n].copy_from_slice(&v[..n]);
+    (u64::from_be_bytes(time), v.subslice(n, v.len() - n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +246,32 @@ mod tests {
             panic!("a second open must fail while the first holds the lock");
         };
         assert!(e.to_string().contains("another artifact-mirror"), "{e}");
+    }
+
+    #[test]
+    fn json_records_are_bounded_by_size_and_age_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        for (i, key) in [b"a", b"b", b"c"].iter().enumerate() {
+            index
+                .json_put(*key, 100 + i as u64, b"meta", Some(&[0u8; 100]))
+                .unwrap();
+        }
+        // Revalidating `a` makes it the most recent.
+        index.json_put(b"a", 200, b"meta2", None).unwrap();
+        assert_eq!(index.json_get(b"a").unwrap().unwrap().body.len(), 100);
+        let per_record = 100 + 8 + 4;
+        assert!(index.json_bytes() >= 3 * per_record);
+        let dropped = index.json_evict(2 * per_record + 1, 0).unwrap();
+        assert_eq!(dropped, vec![b"b".to_vec()]);
+        let dropped = index.json_evict(u64::MAX, 150).unwrap();
+        assert_eq!(dropped, vec![b"c".to_vec()]);
+        assert!(index.json_get(b"a").unwrap().is_some());
+        drop(index);
+        // Reopened, the byte count is recounted from disk.
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(index.json_bytes(), 8 + 5 + 100);
+        assert_eq!(index.json_remove_prefix(b"a").unwrap(), 1);
+        assert_eq!(index.json_bytes(), 0);
     }
 }

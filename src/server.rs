@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Settings;
+use crate::credential::InstanceSecret;
 use crate::index::{Index, IndexOpenError};
+use crate::meta::JsonCache;
 use crate::upstream::{ClientInfo, Upstream, UpstreamSetupError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,8 @@ pub enum StartError {
     DataDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Index(#[from] IndexOpenError),
+    #[error("instance secret {path}: {source}")]
+    Secret { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
     #[error("cannot listen on {addr}: {source}")]
@@ -60,7 +64,14 @@ impl Server {
                 path: data_dir.clone(),
                 source: io::Error::other(e),
             })??;
+        let secret_path = settings.data_dir.join("secret");
+        let secret =
+            InstanceSecret::load_or_create(&secret_path).map_err(|source| StartError::Secret {
+                path: secret_path,
+                source,
+            })?;
         let upstream = Upstream::new(settings)?;
+        let json = JsonCache::new(settings, upstream.clone(), secret, index.clone());
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -70,7 +81,7 @@ impl Server {
                 })?;
         Ok(Server {
             listener,
-            app: Arc::new(App::new(settings, upstream, index)),
+            app: Arc::new(App::new(settings, upstream, index, json)),
             max_header_bytes: settings.max_header_bytes,
             grace: settings.shutdown_grace.0,
         })

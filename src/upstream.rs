@@ -121,15 +121,11 @@ impl Upstream {
 
     /// Sends the client's request to the same path upstream and hands back
     /// upstream's answer, bodies streamed both ways.
-    pub async fn forward<B>(
+    pub async fn forward(
         &self,
-        request: Request<B>,
+        request: Request<Body>,
         client: ClientInfo,
-    ) -> Result<Response<Body>, MirrorError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-        B::Error: Into<crate::body::BoxError>,
-    {
+    ) -> Result<Response<Body>, MirrorError> {
         let (mut parts, body) = request.into_parts();
         parts.uri = self.uri_for(parts.uri.path_and_query())?;
         // Toward GHES always HTTP/1.1 semantics on the request line; the
@@ -142,7 +138,7 @@ impl Upstream {
             .headers
             .append(header::VIA, HeaderValue::from_static(VIA));
 
-        let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        let request = Request::from_parts(parts, body);
         let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| MirrorError::UpstreamTimeout(self.timeout))?

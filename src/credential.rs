@@ -1,0 +1,195 @@
+//! Client `Authorization` → opaque credential id.
+//!
+//! The id is HMAC-SHA256 of the token under the instance secret, so it is
+//! stable across restarts (persisted JSON stays usable), unguessable from
+//! outside, and never reveals the token: the raw value is not stored, not
+//! logged and not used as a file name. Requests without `Authorization` share
+//! one anonymous partition.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+
+const SECRET_LEN: usize = 32;
+
+/// The per-instance key (`data_dir/secret`), also used to sign blob URLs.
+#[derive(Clone)]
+pub struct InstanceSecret([u8; SECRET_LEN]);
+
+impl fmt::Debug for InstanceSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InstanceSecret(..)")
+    }
+}
+
+impl InstanceSecret {
+    /// Reads `path`, or creates it (mode 0600) with fresh random bytes on
+    /// first start.
+    pub fn load_or_create(path: &Path) -> io::Result<InstanceSecret> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let key: [u8; SECRET_LEN] = bytes.as_slice().try_into().map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} holds {} bytes, expected {SECRET_LEN}; remove it to make a new one \
+                             (cached JSON then revalidates once)",
+                            path.display(),
+                            bytes.len()
+                        ),
+                    )
+                })?;
+                Ok(InstanceSecret(key))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut key = [0u8; SECRET_LEN];
+                getrandom::fill(&mut key).map_err(io::Error::other)?;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options.open(path)?;
+                file.write_all(&key)?;
+                file.sync_all()?;
+                Ok(InstanceSecret(key))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// HMAC-SHA256 of `parts`, each length-prefixed so no two lists collide.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The credential a request carries.
+    pub fn credential(&self, headers: &HeaderMap) -> CredentialId {
+        match headers.get(http::header::AUTHORIZATION) {
+            None => CredentialId::Anonymous,
+            Some(value) => {
+                let token = token_part(value.as_bytes());
+                CredentialId::Token(self.mac(&[b"credential", token]))
+            }
+        }
+    }
+}
+
+/// GitHub accepts one token as `token X` and `Bearer X`: both name the same
+/// credential. Other schemes (Basic) are hashed whole.
+fn token_part(value: &[u8]) -> &[u8] {
+    let text = String::from_utf8_lossy(value);
+    let mut words = text.splitn(2, ' ');
+    match (words.next(), words.next()) {
+        (Some(scheme), Some(_))
+            if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") =>
+        {
+            value[scheme.len()..].trim_ascii()
+        }
+        _ => value.trim_ascii(),
+    }
+}
+
+/// Who a cached answer belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialId {
+    Anonymous,
+    Token([u8; 32]),
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialId::Anonymous => f.write_str("anonymous"),
+            CredentialId::Token(mac) => f.write_str(&hex(mac)),
+        }
+    }
+}
+
+impl fmt::Debug for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short form: enough to tell partitions apart in a debug log.
+        match self {
+            CredentialId::Anonymous => f.write_str("anonymous"),
+            CredentialId::Token(mac) => write!(f, "cred:{}", &hex(&mac[..6])),
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(http::header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn secret_is_created_once_with_mode_0600_and_ids_are_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let a = InstanceSecret::load_or_create(&path).unwrap();
+        let b = InstanceSecret::load_or_create(&path).unwrap();
+        let h = headers(Some("token ghp_abc"));
+        assert_eq!(a.credential(&h), b.credential(&h));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = tempfile::tempdir().unwrap();
+        let c = InstanceSecret::load_or_create(&other.path().join("secret")).unwrap();
+        assert_ne!(
+            a.credential(&h),
+            c.credential(&h),
+            "ids are keyed per instance"
+        );
+    }
+
+    #[test]
+    fn a_damaged_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, b"short").unwrap();
+        let e = InstanceSecret::load_or_create(&path).unwrap_err();
+        assert!(e.to_string().contains("expected 32"), "{e}");
+    }
+
+    #[test]
+    fn token_schemes_share_an_id_and_tokens_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = InstanceSecret::load_or_create(&dir.path().join("secret")).unwrap();
+        let id = |a| s.credential(&headers(a));
+        assert_eq!(id(Some("token ghp_abc")), id(Some("Bearer ghp_abc")));
+        assert_ne!(id(Some("token ghp_abc")), id(Some("token ghp_abd")));
+        assert_eq!(id(None), CredentialId::Anonymous);
+        assert_ne!(id(Some("Basic Zm9v")), CredentialId::Anonymous);
+        let shown = id(Some("token ghp_abc")).to_string();
+        assert_eq!(shown.len(), 64);
+        assert!(!shown.contains("ghp_abc"));
+    }
+}

@@ -1,0 +1,194 @@
+//! Upstream URLs → the mirror's public URLs, in `Link` headers and JSON.
+//!
+//! Paginating clients follow `Link` verbatim and `gh` downloads the body's
+//! `archive_download_url` verbatim, so both must point at the mirror or the
+//! client leaves it (and PyGithub refuses a `Link` off its base). The JSON is
+//! rewritten as bytes, not re-serialised: key order and formatting stay
+//! exactly upstream's, and only string values that *start* with the upstream
+//! base change (the `"` before the base anchors the match at a string's
+//! start; GitHub does not escape `/` in JSON).
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HOST};
+use http::uri::Authority;
+
+use crate::error::MirrorError;
+
+/// Where the mirror's public API base comes from.
+#[derive(Debug, Clone)]
+pub enum PublicBase {
+    /// `public_url`, set by the operator.
+    Fixed(String),
+    /// From each request's `Host` (or `X-Forwarded-Host`/`-Proto` when the
+    /// operator trusts them), plus the API path.
+    FromRequest {
+        api_path: String,
+        trust_forwarded: bool,
+    },
+}
+
+impl PublicBase {
+    /// The base URL this client reaches the API under.
+    pub fn resolve(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&Authority>,
+        tls: bool,
+    ) -> Result<String, MirrorError> {
+        let (api_path, trust) = match self {
+            PublicBase::Fixed(base) => return Ok(base.clone()),
+            PublicBase::FromRequest {
+                api_path,
+                trust_forwarded,
+            } => (api_path, *trust_forwarded),
+        };
+        let first = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let forwarded_host = first("x-forwarded-host").filter(|_| trust);
+        let host = forwarded_host
+            .or_else(|| first(HOST.as_str()))
+            .map(str::to_owned)
+            .or_else(|| authority.map(|a| a.as_str().to_owned()))
+            .ok_or_else(|| MirrorError::BadRequest("a Host header is required".into()))?;
+        // Anything but a plain host[:port] could smuggle another URL into
+        // every rewritten link.
+        let valid = host
+            .parse::<Authority>()
+            .is_ok_and(|a| a.as_str() == host && !host.contains('@'));
+        if !valid {
+            return Err(MirrorError::BadRequest(format!("Invalid Host {host:?}")));
+        }
+        let proto = match first("x-forwarded-proto").filter(|_| trust) {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(_) => "http",
+            None if tls => "https",
+            None => "http",
+        };
+        Ok(format!("{proto}://{host}{api_path}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewriter {
+    /// Upstream API base, no trailing `/`: `https://ghes.example.com/api/v3`.
+    from: String,
+    /// Public API base of the mirror, no trailing `/`.
+    to: String,
+}
+
+impl Rewriter {
+    pub fn new(upstream_base: &str, public_base: &str) -> Rewriter {
+        Rewriter {
+            from: upstream_base.trim_end_matches('/').to_owned(),
+            to: public_base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The public base this rewriter writes, part of the JSON cache key.
+    pub fn public_base(&self) -> &str {
+        &self.to
+    }
+
+    /// Rewrites `<URL>` references in a `Link` header value.
+    pub fn link(&self, value: &str) -> String {
+        self.replace_after(value, '<')
+    }
+
+    /// Rewrites every JSON string value that is an upstream URL.
+    pub fn json(&self, body: &Bytes) -> Bytes {
+        match std::str::from_utf8(body) {
+            Ok(text) if text.contains(&self.from) => Bytes::from(self.replace_after(text, '"')),
+            _ => body.clone(),
+        }
+    }
+
+    /// Replaces `{opener}{from}` when followed by `/`, `?`, `#` or the
+    /// closing delimiter, so `https://ghes/api/v3x` is left alone.
+    fn replace_after(&self, text: &str, opener: char) -> String {
+        let needle = format!("{opener}{}", self.from);
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find(&needle) {
+            let after = &rest[at + needle.len()..];
+            out.push_str(&rest[..at]);
+            let boundary = after
+                .chars()
+                .next()
+                .is_none_or(|c| matches!(c, '/' | '?' | '#' | '>' | '"'));
+            out.push(opener);
+            out.push_str(if boundary { &self.to } else { &self.from });
+            rest = after;
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r() -> Rewriter {
+        Rewriter::new(
+            "https://ghes.example.com/api/v3",
+            "http://mirror:8080/api/v3/",
+        )
+    }
+
+    #[test]
+    fn link_header_urls_move_to_the_mirror() {
+        let link = "<https://ghes.example.com/api/v3/repositories/1/actions/artifacts?page=2>; rel=\"next\", <https://ghes.example.com/api/v3/repositories/1/actions/artifacts?page=5>; rel=\"last\"";
+        assert_eq!(
+            r().link(link),
+            "<http://mirror:8080/api/v3/repositories/1/actions/artifacts?page=2>; rel=\"next\", <http://mirror:8080/api/v3/repositories/1/actions/artifacts?page=5>; rel=\"last\""
+        );
+    }
+
+    #[test]
+    fn json_urls_move_and_nothing_else_changes() {
+        let body = Bytes::from_static(
+            br#"{"id":7,"name":"https://ghes.example.com/api/v3 is a name","url":"https://ghes.example.com/api/v3/repos/o/r/actions/artifacts/7","archive_download_url":"https://ghes.example.com/api/v3/repos/o/r/actions/artifacts/7/zip","other":"https://ghes.example.com/api/v3x/y","workflow_run":{"id":1,"html_url":"https://ghes.example.com/o/r/actions/runs/1"}}"#,
+        );
+        let out = r().json(&body);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"id":7,"name":"https://ghes.example.com/api/v3 is a name","url":"http://mirror:8080/api/v3/repos/o/r/actions/artifacts/7","archive_download_url":"http://mirror:8080/api/v3/repos/o/r/actions/artifacts/7/zip","other":"https://ghes.example.com/api/v3x/y","workflow_run":{"id":1,"html_url":"https://ghes.example.com/o/r/actions/runs/1"}}"#
+        );
+    }
+
+    #[test]
+    fn public_base_from_the_request() {
+        let from_request = |trust| PublicBase::FromRequest {
+            api_path: "/api/v3".into(),
+            trust_forwarded: trust,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "mirror:8080".parse().unwrap());
+        h.insert("x-forwarded-host", "ci.example.com".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(
+            from_request(false).resolve(&h, None, false).unwrap(),
+            "http://mirror:8080/api/v3"
+        );
+        assert_eq!(
+            from_request(true).resolve(&h, None, false).unwrap(),
+            "https://ci.example.com/api/v3"
+        );
+        h.insert(HOST, "evil.example/x?".parse().unwrap());
+        assert!(from_request(false).resolve(&h, None, false).is_err());
+        let fixed = PublicBase::Fixed("https://m/api/v3".into());
+        assert_eq!(fixed.resolve(&h, None, false).unwrap(), "https://m/api/v3");
+    }
+
+    #[test]
+    fn bodies_without_upstream_urls_are_shared_not_copied() {
+        let body = Bytes::from_static(b"{\"total_count\":0,\"artifacts\":[]}");
+        assert_eq!(r().json(&body).as_ptr(), body.as_ptr());
+    }
+}
