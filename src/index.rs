@@ -99,6 +99,7 @@ impl Index {
     }
 
     /// Stores meta (always) and body (when upstream sent a new one).
+    /// `validated_at` is in Unix milliseconds.
     pub fn json_put(
         &self,
         key: &[u8],

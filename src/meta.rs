@@ -75,7 +75,7 @@ pub struct Entry {
     headers: HeaderMap,
     body: Bytes,
     policy: CachePolicy,
-    /// Unix seconds of the last time upstream confirmed it (200 or 304).
+    /// Unix milliseconds of the last time upstream confirmed it (200 or 304).
     validated_at: u64,
 }
 
@@ -93,7 +93,7 @@ impl Entry {
     }
 
     fn is_fresh(&self, request: &Request<()>, now: SystemTime, max_fresh: Duration) -> bool {
-        let young = unix(now).saturating_sub(self.validated_at) < max_fresh.as_secs().max(1);
+        let young = unix_ms(now).saturating_sub(self.validated_at) < millis(max_fresh);
         young
             && matches!(
                 self.policy.before_request(request, now),
@@ -271,8 +271,12 @@ pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
         .any(|w| w.trim() == "*" || opaque(w) == etag)
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, millis)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The two tiers.
@@ -285,7 +289,7 @@ struct Store {
 
 impl Store {
     async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
-        let oldest = unix(SystemTime::now()).saturating_sub(self.max_age.as_secs());
+        let oldest = unix_ms(SystemTime::now()).saturating_sub(millis(self.max_age));
         if let Some(entry) = self.hot.get(key).await {
             if entry.validated_at >= oldest {
                 return Some(entry);
@@ -334,7 +338,7 @@ impl Store {
             tracing::warn!(error = %e, "cached JSON not persisted");
         }
         self.hot.insert(key.clone(), entry).await;
-        let oldest = unix(SystemTime::now()).saturating_sub(self.max_age.as_secs());
+        let oldest = unix_ms(SystemTime::now()).saturating_sub(millis(self.max_age));
         match self.index.json_evict(self.disk_bytes, oldest) {
             Ok(dropped) => {
                 for key in dropped {
@@ -551,7 +555,7 @@ impl JsonCache {
                             headers,
                             body: entry.body.clone(),
                             policy,
-                            validated_at: unix(now),
+                            validated_at: unix_ms(now),
                         });
                         self.store.put(key, fresh.clone(), false).await;
                         Outcome::Entry {
@@ -597,7 +601,7 @@ impl JsonCache {
                     headers,
                     body,
                     policy,
-                    validated_at: unix(now),
+                    validated_at: unix_ms(now),
                 });
                 let status = if entry.policy.is_storable() {
                     self.store.put(key, entry.clone(), true).await;
@@ -636,11 +640,11 @@ impl JsonCache {
 
     /// Upstream failed: a recent enough entry may answer (opt-in).
     fn on_failure(&self, cached: Option<Arc<Entry>>, failure: Buffered) -> Outcome {
-        let limit = self.stale_if_error.as_secs();
+        let limit = millis(self.stale_if_error);
         match cached {
             Some(entry)
                 if limit > 0
-                    && unix(SystemTime::now()).saturating_sub(entry.validated_at) <= limit =>
+                    && unix_ms(SystemTime::now()).saturating_sub(entry.validated_at) <= limit =>
             {
                 Outcome::Entry {
                     entry,

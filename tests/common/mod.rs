@@ -23,6 +23,7 @@ pub struct Harness {
     pub sim: Sim,
     pub mirror: SocketAddr,
     pub data_dir: tempfile::TempDir,
+    layer: Layer,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -44,14 +45,16 @@ impl Harness {
             upstream: Some(upstream.parse().expect("sim base is a URL")),
             listen: Some("127.0.0.1:0".parse().expect("address")),
             data_dir: Some(data_dir.path().to_owned()),
+            shutdown_grace: Some("2s".parse().expect("duration")),
             ..Layer::default()
         };
         tune(&mut layer);
-        let (mirror, stop, task) = start_mirror(layer).await;
+        let (mirror, stop, task) = start_mirror(layer.clone()).await;
         Harness {
             sim,
             mirror,
             data_dir,
+            layer,
             stop: Some(stop),
             task: Some(task),
         }
@@ -65,6 +68,17 @@ impl Harness {
     /// The same path on the simulator, for side-by-side comparisons.
     pub fn direct_url(&self, path: &str) -> String {
         format!("{}{path}", self.sim.api_base())
+    }
+
+    /// Stops the mirror and starts a new one on the same data dir and port.
+    pub async fn restart_mirror(&mut self) {
+        self.stop_mirror().await;
+        let mut layer = self.layer.clone();
+        layer.listen = Some(self.mirror);
+        let (mirror, stop, task) = start_mirror(layer).await;
+        self.mirror = mirror;
+        self.stop = Some(stop);
+        self.task = Some(task);
     }
 
     /// Stops the mirror and waits until it has shut down.
@@ -170,4 +184,16 @@ pub fn request(method: Method, url: &str, token: Option<&str>) -> Request<Full<B
 
 pub async fn get(url: &str, token: Option<&str>) -> Reply {
     send(request(Method::GET, url, token)).await
+}
+
+/// A GET with extra headers.
+pub async fn get_with(url: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Reply {
+    let mut req = request(Method::GET, url, token);
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    send(req).await
 }
