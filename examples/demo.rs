@@ -17,12 +17,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-
     let sim = Sim::start(SimConfig::default()).await?;
     let settings = Settings::resolve(Layer {
         listen: Some(listen),

@@ -17,7 +17,8 @@ use crate::body::{Body, BoxError};
 use crate::config::{LogFormat, Settings};
 
 /// Installs the process-wide subscriber: `log_level` as the filter (RUST_LOG
-/// wins when set), `log_format` for the line shape, lines to stderr.
+/// wins when set), `log_format` for the line shape, lines to stderr. A
+/// subscriber installed already (an embedding program's) is left in place.
 pub fn init_subscriber(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log_level))
@@ -25,10 +26,10 @@ pub fn init_subscriber(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human => builder.init(),
-    }
+    let _already_set = match settings.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
 }
 
 /// Set by whoever called upstream, as a response extension, so the log line
