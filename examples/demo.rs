@@ -1,7 +1,7 @@
 //! The quick start: the GHES simulator and artifact-mirror in front of it,
 //! on loopback, with curl lines to paste.
 //!
-//!     cargo run --example demo [-- --listen 127.0.0.1:8080]
+//!     cargo run --example demo [-- --listen 127.0.0.1:8080] [--data-dir ./data/demo]
 
 use std::net::SocketAddr;
 
@@ -12,16 +12,16 @@ use ghes_sim::{Sim, SimConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listen: SocketAddr = std::env::args()
-        .skip_while(|a| a != "--listen")
-        .nth(1)
+    let flag = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
+    let listen: SocketAddr = flag("--listen")
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()?;
+    let data_dir = flag("--data-dir").unwrap_or_else(|| "./data/demo".into());
     let sim = Sim::start(SimConfig::default()).await?;
     let settings = Settings::resolve(Layer {
         listen: Some(listen),
         upstream: Some(sim.api_base().parse()?),
-        data_dir: Some("./data/demo".into()),
+        data_dir: Some(data_dir.into()),
         ..Layer::default()
     })?;
     artifact_mirror::access_log::init_subscriber(&settings);

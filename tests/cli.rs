@@ -307,3 +307,64 @@ fn serve_refuses_a_data_dir_in_use() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("another artifact-mirror"), "{err}");
 }
+
+/// The README's quick start: the demo example runs the mirror in front of
+/// the simulator and the curl lines it prints answer through the mirror.
+#[test]
+fn quick_start_demo_serves_through_the_mirror() {
+    // `cargo test` builds the examples next to the test binaries.
+    let exe = std::env::current_exe().unwrap();
+    let demo = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|debug| debug.join("examples").join("demo"))
+        .unwrap();
+    assert!(demo.exists(), "{} not built", demo.display());
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = Command::new(&demo)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let path = "/api/v3/repos/octo-org/public-repo/actions/artifacts?per_page=2";
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answers.len() < 2 && Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Read;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(request.as_bytes());
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                answers.push(answer);
+                continue;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answers.len(), 2, "the demo never answered");
+    assert!(answers[0].contains("x-cache: MISS"), "{}", answers[0]);
+    assert!(
+        answers[1].contains("x-cache: REVALIDATED"),
+        "{}",
+        answers[1]
+    );
+    let own = format!("<http://127.0.0.1:{port}/api/v3/repositories/1001/");
+    assert!(
+        answers[0].contains(&own),
+        "Link not rewritten: {}",
+        answers[0]
+    );
+}
