@@ -72,6 +72,17 @@ impl InstanceSecret {
         mac.finalize().into_bytes().into()
     }
 
+    /// Checks `tag` against the HMAC of `parts` in constant time.
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.verify_slice(tag).is_ok()
+    }
+
     /// The credential a request carries.
     pub fn credential(&self, headers: &HeaderMap) -> CredentialId {
         match headers.get(http::header::AUTHORIZATION) {

@@ -29,6 +29,15 @@ pub struct Index {
     json_body: sled::Tree,
     json_lru: sled::Tree,
     aliases: sled::Tree,
+    /// `artifact ++ credential id` → when upstream last allowed the download.
+    grants: sled::Tree,
+    /// `artifact` → what any cached JSON said of it (name, size, digest…).
+    facts: sled::Tree,
+    /// `artifact` → the stored blob's record; `blob_access` → last use;
+    /// `blob_lru` → `last use ++ artifact`, oldest first.
+    blobs: sled::Tree,
+    blob_access: sled::Tree,
+    blob_lru: sled::Tree,
     /// Bytes of cached JSON (meta + body), kept in memory; recounted at open.
     json_bytes: Arc<AtomicU64>,
 }
@@ -64,6 +73,11 @@ impl Index {
             json_body: tree("json_body")?,
             json_lru: tree("json_lru")?,
             aliases: tree("aliases")?,
+            grants: tree("grants")?,
+            facts: tree("facts")?,
+            blobs: tree("blobs")?,
+            blob_access: tree("blob_access")?,
+            blob_lru: tree("blob_lru")?,
             json_bytes: Arc::new(AtomicU64::new(0)),
             db,
         };
@@ -199,6 +213,90 @@ impl Index {
         self.aliases.get(a)
     }
 
+    pub fn grant_get(&self, artifact: u64, credential: &[u8]) -> Result<Option<u64>, sled::Error> {
+        let v = self.grants.get(grant_key(artifact, credential))?;
+        Ok(v.map(|v| split_stamp(&v).0))
+    }
+
+    pub fn grant_put(
+        &self,
+        artifact: u64,
+        credential: &[u8],
+        at_ms: u64,
+    ) -> Result<(), sled::Error> {
+        self.grants
+            .insert(grant_key(artifact, credential), &at_ms.to_be_bytes())
+            .map(|_| ())
+    }
+
+    pub fn grant_remove(&self, artifact: u64, credential: &[u8]) -> Result<(), sled::Error> {
+        self.grants
+            .remove(grant_key(artifact, credential))
+            .map(|_| ())
+    }
+
+    /// Ends every credential's grant for an artifact (deleted or expired).
+    pub fn grants_remove_artifact(&self, artifact: u64) -> Result<(), sled::Error> {
+        for key in self.grants.scan_prefix(artifact.to_be_bytes()).keys() {
+            self.grants.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    pub fn facts_put(&self, artifact: u64, facts: &[u8]) -> Result<(), sled::Error> {
+        self.facts.insert(artifact.to_be_bytes(), facts).map(|_| ())
+    }
+
+    pub fn facts_get(&self, artifact: u64) -> Result<Option<IVec>, sled::Error> {
+        self.facts.get(artifact.to_be_bytes())
+    }
+
+    pub fn blob_get(&self, artifact: u64) -> Result<Option<IVec>, sled::Error> {
+        self.blobs.get(artifact.to_be_bytes())
+    }
+
+    /// Every blob record, for sweeps (expiry, shared files, repair).
+    pub fn blob_records(&self) -> Result<Vec<(u64, IVec)>, sled::Error> {
+        self.blobs
+            .iter()
+            .map(|item| item.map(|(k, v)| (u64_key(&k), v)))
+            .collect()
+    }
+
+    /// Writes a blob record and marks it used now. Flushed before it returns:
+    /// the record is what makes a stored file visible after a restart.
+    pub fn blob_put(&self, artifact: u64, record: &[u8], now_ms: u64) -> Result<(), sled::Error> {
+        self.blobs.insert(artifact.to_be_bytes(), record)?;
+        self.blob_touch(artifact, now_ms)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn blob_touch(&self, artifact: u64, now_ms: u64) -> Result<(), sled::Error> {
+        let id = artifact.to_be_bytes();
+        if let Some(old) = self.blob_access.insert(id, &now_ms.to_be_bytes())? {
+            self.blob_lru.remove(lru_key(split_stamp(&old).0, &id))?;
+        }
+        self.blob_lru.insert(lru_key(now_ms, &id), &[])?;
+        Ok(())
+    }
+
+    pub fn blob_remove(&self, artifact: u64) -> Result<Option<IVec>, sled::Error> {
+        let id = artifact.to_be_bytes();
+        if let Some(old) = self.blob_access.remove(id)? {
+            self.blob_lru.remove(lru_key(split_stamp(&old).0, &id))?;
+        }
+        self.blobs.remove(id)
+    }
+
+    /// The least recently used stored blob.
+    pub fn blob_least_recent(&self) -> Result<Option<u64>, sled::Error> {
+        Ok(self
+            .blob_lru
+            .first()?
+            .map(|(k, _)| u64_key(&split_stamp(&k).1)))
+    }
+
     /// Writes and reads back a record: what `/readyz` means by "index open".
     pub fn check(&self) -> Result<(), sled::Error> {
         let stamp = std::time::SystemTime::now()
@@ -217,6 +315,19 @@ impl Index {
     pub async fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush_async().await.map(|_| ())
     }
+}
+
+fn grant_key(artifact: u64, credential: &[u8]) -> Vec<u8> {
+    let mut k = artifact.to_be_bytes().to_vec();
+    k.extend_from_slice(credential);
+    k
+}
+
+fn u64_key(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[..n].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(b)
 }
 
 fn lru_key(time: u64, key: &[u8]) -> Vec<u8> {

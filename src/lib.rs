@@ -14,4 +14,5 @@ pub mod meta;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod signing;
 pub mod upstream;

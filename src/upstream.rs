@@ -74,6 +74,83 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Upstrea
     Ok(certs)
 }
 
+/// The client for redirect targets (blob storage). Separate from
+/// [`Upstream`] on purpose: it builds its requests from a URL and a range
+/// only, so no client header, `Authorization` above all, can reach a blob
+/// host (blob stores refuse a second auth mechanism, and a token must never
+/// leave for another host).
+#[derive(Clone)]
+pub struct BlobFetcher {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    timeout: Duration,
+}
+
+impl BlobFetcher {
+    pub fn new(settings: &Settings) -> Result<Self, UpstreamSetupError> {
+        let client = client(settings, true)?;
+        Ok(BlobFetcher {
+            client,
+            timeout: settings.upstream_timeout.0,
+        })
+    }
+
+    /// GET `uri`, from byte `from` on when resuming. Errors are text: they
+    /// end up in logs, which must never see the signed query.
+    pub async fn get(
+        &self,
+        uri: &Uri,
+        from: Option<u64>,
+    ) -> Result<Response<hyper::body::Incoming>, String> {
+        let mut request = Request::get(uri.clone())
+            .header(header::USER_AGENT, "artifact-mirror")
+            .body(crate::body::empty())
+            .map_err(|e| e.to_string())?;
+        if let Some(from) = from {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-")) {
+                request.headers_mut().insert(header::RANGE, v);
+            }
+        }
+        let shown = format!(
+            "{}{}",
+            uri.authority().map_or("", |a| a.as_str()),
+            uri.path()
+        );
+        tokio::time::timeout(self.timeout, self.client.request(request))
+            .await
+            .map_err(|_| {
+                format!(
+                    "blob store {shown} did not answer within {:?}",
+                    self.timeout
+                )
+            })?
+            .map_err(|e| format!("blob store {shown}: {}", describe(&e)))
+    }
+}
+
+/// The pooled HTTPS-or-HTTP client both use; `need_roots` when TLS is sure
+/// to be used (blob stores may redirect anywhere, so they always need them).
+fn client(
+    settings: &Settings,
+    need_roots: bool,
+) -> Result<Client<HttpsConnector<HttpConnector>, Body>, UpstreamSetupError> {
+    let tls = tls_config(settings.ca_file.as_deref(), need_roots)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(settings.connect_timeout.0));
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(connector);
+    Ok(client)
+}
+
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
@@ -94,21 +171,7 @@ impl Upstream {
         let scheme: Scheme = url.scheme().parse().map_err(|_| bad())?;
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
 
-        let tls = tls_config(settings.ca_file.as_deref(), scheme == Scheme::HTTPS)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.connect_timeout.0));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+        let client = client(settings, scheme == Scheme::HTTPS)?;
         Ok(Upstream {
             client,
             scheme,
