@@ -2,6 +2,7 @@
 //! the mirror become responses here, in one place.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http_body_util::BodyExt;
 use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
 use crate::body::{Body, BoxError};
 use crate::config::Settings;
+use crate::download::Downloads;
 use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
@@ -24,17 +26,25 @@ pub struct App {
     data_dir: PathBuf,
     upstream: Upstream,
     index: Index,
-    json: JsonCache,
+    json: Arc<JsonCache>,
+    downloads: Downloads,
 }
 
 impl App {
-    pub fn new(settings: &Settings, upstream: Upstream, index: Index, json: JsonCache) -> App {
+    pub fn new(
+        settings: &Settings,
+        upstream: Upstream,
+        index: Index,
+        json: Arc<JsonCache>,
+        downloads: Downloads,
+    ) -> App {
         App {
             api_base: settings.api_base_path().to_owned(),
             data_dir: settings.data_dir.clone(),
             upstream,
             index,
             json,
+            downloads,
         }
     }
 
@@ -90,18 +100,27 @@ impl App {
                 | ArtifactRoute::ListForRun { .. }
                 | ArtifactRoute::Get { .. }),
             ) => self.json.serve(route, request, client).await,
-            Route::Artifact(ArtifactRoute::Delete { ref repo, .. }) => {
+            Route::Artifact(ArtifactRoute::Delete {
+                ref repo,
+                artifact_id,
+            }) => {
                 let response = self.upstream.forward(request, client).await?;
                 if response.status() == http::StatusCode::NO_CONTENT {
                     self.json.purge_repo(repo);
+                    self.downloads.blobs().remove(artifact_id);
                 }
                 Ok(response)
             }
-            // Downloads get the zip store in their own issue; until then the
-            // redirect passes through.
-            Route::Artifact(ArtifactRoute::Download { .. }) | Route::Forward => {
-                self.upstream.forward(request, client).await
+            Route::Artifact(ArtifactRoute::Download {
+                ref repo,
+                artifact_id,
+            }) => {
+                self.downloads
+                    .download(repo, artifact_id, request, client)
+                    .await
             }
+            Route::Blob { artifact_id } => self.downloads.serve_blob(artifact_id, request).await,
+            Route::Forward => self.upstream.forward(request, client).await,
         }
     }
 }

@@ -107,6 +107,12 @@ pub struct Layer {
     /// Cached JSON not validated by upstream for this long is dropped [default: 7days].
     #[arg(long, env = "ARTIFACT_MIRROR_JSON_MAX_AGE", value_name = "DURATION")]
     pub json_max_age: Option<Span>,
+    /// Disk for stored zips; least recently used ones are evicted past it [default: 21474836480].
+    #[arg(long, env = "ARTIFACT_MIRROR_BLOB_QUOTA_BYTES", value_name = "BYTES")]
+    pub blob_quota_bytes: Option<u64>,
+    /// How long the mirror's signed blob URLs stay valid [default: 60s].
+    #[arg(long, env = "ARTIFACT_MIRROR_BLOB_URL_TTL", value_name = "DURATION")]
+    pub blob_url_ttl: Option<Span>,
     /// Memory the embedded index may use for its page cache [default: 67108864].
     #[arg(long, env = "ARTIFACT_MIRROR_INDEX_CACHE_BYTES", value_name = "BYTES")]
     pub index_cache_bytes: Option<u64>,
@@ -151,6 +157,8 @@ impl Layer {
             json_memory_bytes: self.json_memory_bytes.or(lower.json_memory_bytes),
             json_disk_bytes: self.json_disk_bytes.or(lower.json_disk_bytes),
             json_max_age: self.json_max_age.or(lower.json_max_age),
+            blob_quota_bytes: self.blob_quota_bytes.or(lower.blob_quota_bytes),
+            blob_url_ttl: self.blob_url_ttl.or(lower.blob_url_ttl),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
@@ -179,6 +187,8 @@ pub struct Settings {
     pub json_memory_bytes: u64,
     pub json_disk_bytes: u64,
     pub json_max_age: Span,
+    pub blob_quota_bytes: u64,
+    pub blob_url_ttl: Span,
     pub index_cache_bytes: u64,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -224,6 +234,8 @@ impl Settings {
             json_max_age: layer
                 .json_max_age
                 .unwrap_or(Span(Duration::from_secs(7 * 24 * 3600))),
+            blob_quota_bytes: layer.blob_quota_bytes.unwrap_or(20 * 1024 * 1024 * 1024),
+            blob_url_ttl: layer.blob_url_ttl.unwrap_or(Span(Duration::from_secs(60))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
             log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
@@ -240,6 +252,9 @@ impl Settings {
             if span.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
             }
+        }
+        if self.blob_url_ttl.0 < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("blob_url_ttl", "must be at least 1s"));
         }
         if self.json_max_age.0.is_zero() {
             return Err(ConfigError::invalid(

@@ -23,6 +23,14 @@ pub enum MirrorError {
     UpstreamTimeout(std::time::Duration),
     #[error("Invalid request: {0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Signature(#[from] crate::signing::SignatureError),
+    #[error(
+        "Blob not available (evicted or never fetched): request the artifact's download URL again"
+    )]
+    BlobUnavailable,
+    #[error("Artifact could not be fetched from the blob store: {0}")]
+    Fill(String),
 }
 
 impl MirrorError {
@@ -33,6 +41,9 @@ impl MirrorError {
             MirrorError::Route(_) | MirrorError::BadRequest(_) => StatusCode::BAD_REQUEST,
             MirrorError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             MirrorError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            MirrorError::Signature(_) => StatusCode::FORBIDDEN,
+            MirrorError::BlobUnavailable => StatusCode::NOT_FOUND,
+            MirrorError::Fill(_) => StatusCode::BAD_GATEWAY,
         }
     }
 

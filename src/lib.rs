@@ -3,9 +3,11 @@
 
 pub mod access_log;
 pub mod app;
+pub mod blobs;
 pub mod body;
 pub mod config;
 pub mod credential;
+pub mod download;
 pub mod error;
 pub mod flight;
 pub mod health;

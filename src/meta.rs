@@ -20,6 +20,7 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePoli
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::UpstreamStatus;
+use crate::blobs::Facts;
 use crate::body::{self, Body};
 use crate::config::{Revalidate, Settings};
 use crate::credential::{CredentialId, InstanceSecret};
@@ -605,7 +606,7 @@ impl JsonCache {
                 });
                 let status = if entry.policy.is_storable() {
                     self.store.put(key, entry.clone(), true).await;
-                    self.learn_alias(route, &entry.body);
+                    self.learn_from_body(route, &entry.body);
                     CacheStatus::Miss
                 } else {
                     self.store.remove(key).await;
@@ -659,10 +660,30 @@ impl JsonCache {
     /// Records that `/repos/{owner}/{name}` and `/repositories/{id}` are one
     /// repository, read from an answer's first artifact, so a DELETE under
     /// one form also purges entries stored under the other.
-    fn learn_alias(&self, route: &ArtifactRoute, body: &Bytes) {
+    ///
+    /// Also records each artifact's facts (name, size, digest, expiry: the
+    /// same for every credential), so a cold zip fill needs no API call.
+    fn learn_from_body(&self, route: &ArtifactRoute, body: &Bytes) {
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
             return;
         };
+        let artifacts = match json.get("artifacts").and_then(|a| a.as_array()) {
+            Some(list) => list.iter().collect(),
+            None => vec![&json],
+        };
+        for (id, facts) in artifacts.iter().filter_map(|a| Facts::from_artifact(a)) {
+            let stored = serde_json::to_vec(&facts)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    self.store
+                        .index
+                        .facts_put(id, &v)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "artifact facts not stored");
+            }
+        }
         let artifact = json
             .get("artifacts")
             .and_then(|a| a.get(0))

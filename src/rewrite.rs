@@ -28,6 +28,16 @@ pub enum PublicBase {
 }
 
 impl PublicBase {
+    pub fn from_settings(settings: &crate::config::Settings) -> PublicBase {
+        match &settings.public_url {
+            Some(url) => PublicBase::Fixed(url.as_str().trim_end_matches('/').to_owned()),
+            None => PublicBase::FromRequest {
+                api_path: settings.api_base_path().to_owned(),
+                trust_forwarded: settings.trust_forwarded_headers,
+            },
+        }
+    }
+
     /// The base URL this client reaches the API under.
     pub fn resolve(
         &self,

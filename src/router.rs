@@ -16,6 +16,8 @@ pub enum Route {
     Alive,
     /// `GET /readyz`: the data dir and index are usable.
     Ready,
+    /// `GET|HEAD /_mirror/blobs/{id}`: a stored zip, by signed URL.
+    Blob { artifact_id: u64 },
     /// One of the five Actions artifacts operations.
     Artifact(ArtifactRoute),
     /// Any other request under the API base path: forwarded as is.
@@ -28,6 +30,7 @@ impl Route {
         match self {
             Route::Alive => "healthz",
             Route::Ready => "readyz",
+            Route::Blob { .. } => "blob",
             Route::Artifact(a) => a.name(),
             Route::Forward => "forward",
         }
@@ -100,6 +103,14 @@ pub fn route(method: &Method, path: &str, api_base: &str) -> Result<Route, Route
         "/healthz" => return Ok(Route::Alive),
         "/readyz" => return Ok(Route::Ready),
         _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/_mirror/blobs/") {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(RouteError::MethodNotAllowed);
+        }
+        return Ok(Route::Blob {
+            artifact_id: parse_id("artifact id", id)?,
+        });
     }
     let rest = match path.strip_prefix(api_base) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
@@ -308,6 +319,18 @@ mod tests {
     #[test]
     fn health_and_forward() {
         assert_eq!(get("/healthz"), Ok(Route::Alive));
+        assert_eq!(
+            get("/_mirror/blobs/42"),
+            Ok(Route::Blob { artifact_id: 42 })
+        );
+        assert!(matches!(
+            get("/_mirror/blobs/4/2"),
+            Err(RouteError::BadId { .. })
+        ));
+        assert_eq!(
+            route(&Method::PUT, "/_mirror/blobs/42", BASE),
+            Err(RouteError::MethodNotAllowed)
+        );
         assert_eq!(get("/readyz"), Ok(Route::Ready));
         assert_eq!(
             route(&Method::POST, "/healthz", BASE),

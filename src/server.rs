@@ -17,11 +17,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::blobs::BlobStore;
 use crate::config::Settings;
 use crate::credential::InstanceSecret;
+use crate::download::Downloads;
 use crate::index::{Index, IndexOpenError};
 use crate::meta::JsonCache;
-use crate::upstream::{ClientInfo, Upstream, UpstreamSetupError};
+use crate::rewrite::PublicBase;
+use crate::upstream::{BlobFetcher, ClientInfo, Upstream, UpstreamSetupError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,7 +74,34 @@ impl Server {
                 source,
             })?;
         let upstream = Upstream::new(settings)?;
-        let json = JsonCache::new(settings, upstream.clone(), secret, index.clone());
+        let json = Arc::new(JsonCache::new(
+            settings,
+            upstream.clone(),
+            secret.clone(),
+            index.clone(),
+        ));
+        let blob_store = {
+            let (dir, index) = (settings.data_dir.clone(), index.clone());
+            let fetcher = BlobFetcher::new(settings)?;
+            let quota = settings.blob_quota_bytes;
+            tokio::task::spawn_blocking(move || BlobStore::open(&dir, index, fetcher, quota))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| StartError::DataDir {
+                    path: settings.data_dir.clone(),
+                    source,
+                })?
+        };
+        let downloads = Downloads::new(
+            settings,
+            upstream.clone(),
+            json.clone(),
+            Arc::new(blob_store),
+            index.clone(),
+            secret,
+            PublicBase::from_settings(settings),
+        );
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -81,7 +111,7 @@ impl Server {
                 })?;
         Ok(Server {
             listener,
-            app: Arc::new(App::new(settings, upstream, index, json)),
+            app: Arc::new(App::new(settings, upstream, index, json, downloads)),
             max_header_bytes: settings.max_header_bytes,
             grace: settings.shutdown_grace.0,
         })

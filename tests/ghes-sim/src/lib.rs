@@ -209,6 +209,17 @@ impl Sim {
         lock(&self.state.store).get(id).map(|s| s.zip.clone())
     }
 
+    /// Makes the artifact's JSON report this `digest` and/or
+    /// `size_in_bytes` while the blob store keeps serving the real zip.
+    pub fn misdescribe_artifact(
+        &self,
+        id: u64,
+        digest: Option<String>,
+        size_in_bytes: Option<u64>,
+    ) {
+        lock(&self.state.store).misdescribe(id, digest, size_in_bytes);
+    }
+
     /// Marks the artifact expired: its JSON says `"expired": true` (so its
     /// ETags change) and the download endpoint answers 410.
     pub fn expire_artifact(&self, id: u64) {

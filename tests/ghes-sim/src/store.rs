@@ -198,6 +198,19 @@ impl Store {
         removed
     }
 
+    /// Makes the JSON lie about the zip (the blob store still serves the
+    /// real one): how tests produce digest and size mismatches.
+    pub fn misdescribe(&mut self, id: u64, digest: Option<String>, size_in_bytes: Option<u64>) {
+        if let Some(s) = self.artifacts.get_mut(&id) {
+            if digest.is_some() {
+                s.artifact.digest = digest;
+            }
+            if let Some(size) = size_in_bytes {
+                s.artifact.size_in_bytes = size;
+            }
+        }
+    }
+
     pub fn expire(&mut self, id: u64) {
         if let Some(s) = self.artifacts.get_mut(&id) {
             let now = rfc3339(now_unix());

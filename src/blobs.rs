@@ -1,0 +1,711 @@
+//! The zip store: content-addressed files under `blobs/sha256/`, their sled
+//! records, and the single fill per artifact that brings a zip from the
+//! blob storage upstream redirects to.
+//!
+//! A fill runs detached from the client that started it and writes to
+//! `tmp/`; every client of that artifact reads the growing file as bytes
+//! arrive. Only a complete transfer whose size (and digest, when upstream
+//! gives one) checks out is fsynced, renamed into `blobs/` and recorded:
+//! a crash leaves no blob or a whole one, and startup clears the rest.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header;
+use http::{StatusCode, Uri};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::body::BoxError;
+use crate::credential::hex;
+use crate::index::Index;
+use crate::upstream::BlobFetcher;
+
+/// Transfers attempted per fill (the first and the resumes).
+const ATTEMPTS: u32 = 5;
+/// Bytes per frame sent to clients.
+const CHUNK: usize = 64 * 1024;
+
+/// What is known of an artifact from any cached JSON (the same for every
+/// credential), so a cold fill needs no API call of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Facts {
+    pub name: Option<String>,
+    pub size: Option<u64>,
+    /// Lower-case hex sha256 (`digest` without its `sha256:` prefix).
+    pub sha256: Option<String>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+impl Facts {
+    /// Reads the fields of one artifact object of GitHub's JSON.
+    pub fn from_artifact(artifact: &serde_json::Value) -> Option<(u64, Facts)> {
+        let id = artifact.get("id")?.as_u64()?;
+        let sha256 = artifact
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.strip_prefix("sha256:"))
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_ascii_lowercase);
+        let expires_at = artifact
+            .get("expires_at")
+            .and_then(|d| d.as_str())
+            .and_then(|d| {
+                time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .and_then(|t| u64::try_from(t.unix_timestamp()).ok());
+        Some((
+            id,
+            Facts {
+                name: artifact
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_owned),
+                size: artifact.get("size_in_bytes").and_then(|s| s.as_u64()),
+                sha256,
+                expires_at,
+            },
+        ))
+    }
+}
+
+/// A stored zip.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub sha256: String,
+    pub size: u64,
+    pub name: String,
+    pub expires_at: Option<u64>,
+    /// Unix seconds.
+    pub stored_at: u64,
+}
+
+/// Where a fill stands; watched by every client reading it.
+#[derive(Debug, Clone, Default)]
+pub struct FillState {
+    pub written: u64,
+    /// Known once the blob store answered (or from cached JSON).
+    pub total: Option<u64>,
+    pub name: Option<String>,
+    /// `Some` when the fill ended.
+    pub outcome: Option<Result<BlobRecord, String>>,
+}
+
+pub struct Fill {
+    tmp: PathBuf,
+    state: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    pub fn state(&self) -> watch::Receiver<FillState> {
+        self.state.clone()
+    }
+}
+
+/// Asks the download endpoint again for a fresh `Location` when the signed
+/// one expired mid-fill (with the credential that started it, in memory).
+pub type Relocate =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Uri>> + Send>> + Send + Sync>;
+
+/// What the store can serve for an artifact.
+pub enum Available {
+    Stored(BlobRecord, PathBuf),
+    Filling(Arc<Fill>),
+}
+
+pub struct BlobStore {
+    dir: PathBuf,
+    index: Index,
+    fetcher: BlobFetcher,
+    quota: u64,
+    stored_bytes: AtomicU64,
+    fills: Mutex<HashMap<u64, Arc<Fill>>>,
+}
+
+impl BlobStore {
+    /// Opens the store under `data_dir`: empties `tmp/`, drops records
+    /// whose file is gone and files no record names.
+    pub fn open(
+        data_dir: &Path,
+        index: Index,
+        fetcher: BlobFetcher,
+        quota: u64,
+    ) -> io::Result<BlobStore> {
+        let tmp = data_dir.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(data_dir.join("blobs").join("sha256"))?;
+        let store = BlobStore {
+            dir: data_dir.to_owned(),
+            index,
+            fetcher,
+            quota,
+            stored_bytes: AtomicU64::new(0),
+            fills: Mutex::new(HashMap::new()),
+        };
+        let mut named = std::collections::HashSet::new();
+        let mut total = 0;
+        for (id, record) in store.records().map_err(io::Error::other)? {
+            if store.path_of(&record.sha256).is_file() {
+                total += record.size;
+                named.insert(record.sha256);
+            } else {
+                store.index.blob_remove(id).map_err(io::Error::other)?;
+            }
+        }
+        for shard in std::fs::read_dir(data_dir.join("blobs").join("sha256"))? {
+            for file in std::fs::read_dir(shard?.path())? {
+                let path = file?.path();
+                let known = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| named.contains(n));
+                if !known {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        store.stored_bytes.store(total, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
+        Ok(self
+            .index
+            .blob_records()?
+            .into_iter()
+            .filter_map(|(id, v)| Some((id, serde_json::from_slice(&v).ok()?)))
+            .collect())
+    }
+
+    fn path_of(&self, sha256: &str) -> PathBuf {
+        let shard = sha256.get(..2).unwrap_or("00");
+        self.dir
+            .join("blobs")
+            .join("sha256")
+            .join(shard)
+            .join(sha256)
+    }
+
+    /// The stored blob (an expired one is dropped instead), or the fill
+    /// under way.
+    pub fn lookup(&self, artifact: u64) -> Option<Available> {
+        if let Some(fill) = self.lock().get(&artifact) {
+            return Some(Available::Filling(fill.clone()));
+        }
+        let record: BlobRecord = match self.index.blob_get(artifact) {
+            Ok(Some(v)) => serde_json::from_slice(&v).ok()?,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "blob record unreadable");
+                return None;
+            }
+        };
+        if record.expires_at.is_some_and(|t| t <= unix_secs()) {
+            self.remove(artifact);
+            return None;
+        }
+        let path = self.path_of(&record.sha256);
+        if let Err(e) = self.index.blob_touch(artifact, unix_ms()) {
+            tracing::warn!(error = %e, "blob access time not recorded");
+        }
+        Some(Available::Stored(record, path))
+    }
+
+    /// Drops an artifact's blob (deleted, expired or evicted); the file goes
+    /// when no other artifact shares its content.
+    pub fn remove(&self, artifact: u64) {
+        let removed = match self.index.blob_remove(artifact) {
+            Ok(Some(v)) => serde_json::from_slice::<BlobRecord>(&v).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "blob record not removed");
+                None
+            }
+        };
+        if let Err(e) = self.index.grants_remove_artifact(artifact) {
+            tracing::warn!(error = %e, "grants not removed");
+        }
+        let Some(record) = removed else { return };
+        let _ = self
+            .stored_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(record.size))
+            });
+        let shared = self
+            .records()
+            .map(|all| all.iter().any(|(_, r)| r.sha256 == record.sha256))
+            .unwrap_or(true);
+        if !shared {
+            if let Err(e) = std::fs::remove_file(self.path_of(&record.sha256)) {
+                tracing::warn!(error = %e, "blob file not removed");
+            }
+        }
+    }
+
+    /// Starts the fill of `artifact` from `location`, or joins the one under
+    /// way. Returns the fill and whether it was joined.
+    pub fn fill(
+        self: &Arc<Self>,
+        artifact: u64,
+        location: Uri,
+        facts: Facts,
+        relocate: Relocate,
+    ) -> (Arc<Fill>, bool) {
+        let mut fills = self.lock();
+        if let Some(fill) = fills.get(&artifact) {
+            return (fill.clone(), true);
+        }
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{artifact}-{}.part", hex(&nonce)));
+        let (tx, rx) = watch::channel(FillState {
+            total: facts.size,
+            name: facts.name.clone(),
+            ..FillState::default()
+        });
+        let fill = Arc::new(Fill {
+            tmp: tmp.clone(),
+            state: rx,
+        });
+        fills.insert(artifact, fill.clone());
+        drop(fills);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let outcome = store
+                .transfer(artifact, &tmp, location, &facts, &relocate, &tx)
+                .await;
+            let outcome = match outcome {
+                Ok(record) => store.keep(artifact, &tmp, record).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            tx.send_modify(|s| s.outcome = Some(outcome));
+            store.lock().remove(&artifact);
+        });
+        (fill, false)
+    }
+
+    /// Brings the whole zip into `tmp`, resuming with `Range` after a cut.
+    async fn transfer(
+        &self,
+        artifact: u64,
+        tmp: &Path,
+        mut location: Uri,
+        facts: &Facts,
+        relocate: &Relocate,
+        tx: &watch::Sender<FillState>,
+    ) -> Result<BlobRecord, String> {
+        let mut file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut total = facts.size;
+        let mut name = facts.name.clone();
+        let mut last_error = String::from("no attempt made");
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            let from = (written > 0).then_some(written);
+            let response = match self.fetcher.get(&location, from).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
+            };
+            match response.status() {
+                StatusCode::OK => {
+                    if written > 0 {
+                        // The store ignored the range: start over.
+                        file.set_len(0).await.map_err(|e| e.to_string())?;
+                        file.seek(SeekFrom::Start(0))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        hasher = Sha256::new();
+                        written = 0;
+                    }
+                    let length = content_length(response.headers())
+                        .ok_or("the blob store sent no Content-Length")?;
+                    check_size(total, length)?;
+                    total = Some(length);
+                    if name.is_none() {
+                        name = disposition_name(response.headers());
+                    }
+                }
+                StatusCode::PARTIAL_CONTENT => {
+                    let (start, length) = content_range(response.headers())
+                        .ok_or("the blob store sent a 206 without a usable Content-Range")?;
+                    if start != written {
+                        return Err(format!("asked for bytes from {written}, got from {start}"));
+                    }
+                    check_size(total, length)?;
+                    total = Some(length);
+                }
+                // An expired or refused signed URL: ask for a fresh one.
+                StatusCode::BAD_REQUEST
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+                | StatusCode::GONE => {
+                    last_error = format!("the blob store answered {}", response.status());
+                    match relocate().await {
+                        Some(fresh) => location = fresh,
+                        None => return Err(format!("{last_error}; no fresh location")),
+                    }
+                    continue;
+                }
+                other => {
+                    last_error = format!("the blob store answered {other}");
+                    continue;
+                }
+            }
+            let size = total.unwrap_or(0);
+            tx.send_modify(|s| {
+                s.total = Some(size);
+                s.name = name.clone();
+            });
+            let mut body = response.into_body();
+            let mut cut = None;
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                let data = match frame {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(_) => continue,
+                    },
+                    Err(e) => {
+                        cut = Some(e.to_string());
+                        break;
+                    }
+                };
+                if written + data.len() as u64 > size {
+                    return Err(format!("the blob store sent more than {size} bytes"));
+                }
+                file.write_all(&data).await.map_err(|e| e.to_string())?;
+                // Readers open the file themselves: the bytes must be in it
+                // before they are announced.
+                file.flush().await.map_err(|e| e.to_string())?;
+                hasher.update(&data);
+                written += data.len() as u64;
+                tx.send_modify(|s| s.written = written);
+            }
+            if written == size {
+                file.sync_all().await.map_err(|e| e.to_string())?;
+                let sha256 = hex(&hasher.finalize());
+                if let Some(expected) = &facts.sha256 {
+                    if *expected != sha256 {
+                        return Err(format!(
+                            "digest mismatch: expected sha256:{expected}, got sha256:{sha256}"
+                        ));
+                    }
+                }
+                return Ok(BlobRecord {
+                    sha256,
+                    size,
+                    name: name.unwrap_or_else(|| format!("artifact-{artifact}")),
+                    expires_at: facts.expires_at,
+                    stored_at: unix_secs(),
+                });
+            }
+            last_error = cut
+                .unwrap_or_else(|| format!("the transfer ended after {written} of {size} bytes"));
+            tracing::info!(artifact, written, size, "blob transfer cut; resuming");
+        }
+        Err(format!("gave up after {ATTEMPTS} attempts: {last_error}"))
+    }
+
+    /// Renames a checked transfer into `blobs/`, records it, applies the quota.
+    async fn keep(
+        &self,
+        artifact: u64,
+        tmp: &Path,
+        record: BlobRecord,
+    ) -> Result<BlobRecord, String> {
+        let path = self.path_of(&record.sha256);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tokio::fs::rename(tmp, &path)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(parent) = path.parent() {
+            // The rename itself must survive a crash before the record does.
+            if let Ok(dir) = tokio::fs::File::open(parent).await {
+                let _ = dir.sync_all().await;
+            }
+        }
+        let encoded = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        self.index
+            .blob_put(artifact, &encoded, unix_ms())
+            .map_err(|e| e.to_string())?;
+        self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
+        self.enforce_quota();
+        Ok(record)
+    }
+
+    /// Evicts least recently used blobs past the quota, and expired ones.
+    fn enforce_quota(&self) {
+        if let Ok(records) = self.records() {
+            let now = unix_secs();
+            for (id, r) in records {
+                if r.expires_at.is_some_and(|t| t <= now) {
+                    self.remove(id);
+                }
+            }
+        }
+        // Bounded: each round removes one record.
+        for _ in 0..10_000 {
+            if self.stored_bytes() <= self.quota {
+                break;
+            }
+            match self.index.blob_least_recent() {
+                Ok(Some(id)) => {
+                    tracing::info!(artifact = id, "blob evicted (quota)");
+                    self.remove(id);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Fill>>> {
+        self.fills.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn check_size(expected: Option<u64>, got: u64) -> Result<(), String> {
+    match expected {
+        Some(e) if e != got => Err(format!(
+            "size mismatch: expected {e} bytes, the blob store has {got}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `bytes a-b/total` → (a, total).
+fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
+    let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.parse().ok()?, total.parse().ok()?))
+}
+
+/// `attachment; filename="x.zip"` → `x`.
+fn disposition_name(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::CONTENT_DISPOSITION)?.to_str().ok()?;
+    let name = v.split("filename=").nth(1)?.trim().trim_matches('"');
+    let name = name.strip_suffix(".zip").unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Reads bytes `[start, end)` of a stored blob or a fill in progress,
+/// waiting for a fill to write them. Memory stays at one chunk per client.
+pub fn read_range(source: Source, start: u64, end: u64) -> ChannelBody {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        if let Err(e) = pump(source, start, end, &tx).await {
+            let _ = tx.send(Err(e.into())).await;
+        }
+    });
+    ChannelBody {
+        rx,
+        remaining: end.saturating_sub(start),
+    }
+}
+
+pub enum Source {
+    Stored(PathBuf),
+    Filling(Arc<Fill>),
+}
+
+async fn pump(
+    source: Source,
+    start: u64,
+    end: u64,
+    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
+) -> Result<(), String> {
+    let (path, mut state) = match &source {
+        Source::Stored(path) => (path.clone(), None),
+        Source::Filling(fill) => (fill.tmp.clone(), Some(fill.state())),
+    };
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        // The fill finished and renamed its file in between.
+        Err(_) => match state.as_ref().map(|s| s.borrow().outcome.clone()) {
+            Some(Some(Ok(record))) => {
+                let stored = path.parent().and_then(Path::parent).map(|data| {
+                    data.join("blobs")
+                        .join("sha256")
+                        .join(&record.sha256[..2])
+                        .join(&record.sha256)
+                });
+                match stored {
+                    Some(p) => tokio::fs::File::open(p).await.map_err(|e| e.to_string())?,
+                    None => return Err("stored blob not found".into()),
+                }
+            }
+            _ => return Err(format!("cannot open {}", path.display())),
+        },
+    };
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pos = start;
+    let mut buf = vec![0u8; CHUNK];
+    while pos < end {
+        let available = match &mut state {
+            None => end,
+            Some(rx) => loop {
+                let (written, outcome) = {
+                    let s = rx.borrow_and_update();
+                    (s.written, s.outcome.clone())
+                };
+                match outcome {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(record)) => break record.size,
+                    None if written > pos => break written,
+                    None => {
+                        if rx.changed().await.is_err() {
+                            return Err("the fill stopped".into());
+                        }
+                    }
+                }
+            },
+        };
+        let want = (available.min(end) - pos).min(CHUNK as u64) as usize;
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("blob file shorter than announced".into());
+        }
+        pos += n as u64;
+        if tx
+            .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+            .await
+            .is_err()
+        {
+            return Ok(()); // The client went away.
+        }
+    }
+    Ok(())
+}
+
+/// A response body fed by [`pump`].
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+    remaining: u64,
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                self.remaining = self.remaining.saturating_sub(data.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if self.remaining > 0 => {
+                Poll::Ready(Some(Err("blob stream ended early".into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_come_from_github_json() {
+        let v = serde_json::json!({
+            "id": 7, "name": "dist", "size_in_bytes": 12,
+            "digest": "sha256:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+            "expires_at": "2027-02-22T00:15:31Z"
+        });
+        let (id, f) = Facts::from_artifact(&v).unwrap();
+        assert_eq!(id, 7);
+        assert_eq!(f.name.as_deref(), Some("dist"));
+        assert_eq!(f.size, Some(12));
+        assert_eq!(f.sha256.as_deref().map(str::len), Some(64));
+        assert!(f.sha256.unwrap().starts_with("abcdef"));
+        assert_eq!(f.expires_at, Some(1_803_255_331));
+        let (_, bare) = Facts::from_artifact(&serde_json::json!({"id": 1})).unwrap();
+        assert_eq!(bare, Facts::default());
+    }
+
+    #[test]
+    fn range_and_disposition_headers_parse() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, "bytes 100-199/1000".parse().unwrap());
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"build.zip\"".parse().unwrap(),
+        );
+        assert_eq!(content_range(&h), Some((100, 1000)));
+        assert_eq!(disposition_name(&h).as_deref(), Some("build"));
+    }
+}

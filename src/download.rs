@@ -1,0 +1,482 @@
+//! The download route and the blob endpoint.
+//!
+//! `GET …/artifacts/{id}/zip` never hands out bytes itself: it decides
+//! whether this credential may have the artifact — upstream's 302, or a grant
+//! renewed by a free conditional metadata request — and answers 302 to the
+//! mirror's own signed blob URL. `GET /_mirror/blobs/{id}?exp&sig` serves
+//! the zip from the store, or from the fill under way, to whoever holds a
+//! valid signature.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+
+use crate::blobs::{self, Available, BlobStore, Facts, Relocate, Source};
+use crate::body::{self, Body};
+use crate::config::{Revalidate, Settings};
+use crate::credential::InstanceSecret;
+use crate::error::MirrorError;
+use crate::index::Index;
+use crate::meta::{JsonCache, X_CACHE};
+use crate::rewrite::PublicBase;
+use crate::router::{ArtifactRoute, RepoRef};
+use crate::signing::Signer;
+use crate::upstream::{ClientInfo, Upstream};
+
+/// How long a blob request waits for a fill to learn the zip's size.
+const SIZE_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Downloads {
+    upstream: Upstream,
+    json: Arc<JsonCache>,
+    blobs: Arc<BlobStore>,
+    index: Index,
+    secret: InstanceSecret,
+    signer: Signer,
+    public: PublicBase,
+    api_base: String,
+    mode: Revalidate,
+    max_fresh: Duration,
+}
+
+/// What renewing a grant said.
+enum Renewal {
+    Allowed,
+    /// Upstream says no (404/410/401/403): the grant ends, its answer goes back.
+    Denied(Response<Body>),
+    /// Upstream failed: its answer goes back, the grant stays.
+    Failed(Response<Body>),
+}
+
+impl Downloads {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: &Settings,
+        upstream: Upstream,
+        json: Arc<JsonCache>,
+        blobs: Arc<BlobStore>,
+        index: Index,
+        secret: InstanceSecret,
+        public: PublicBase,
+    ) -> Downloads {
+        Downloads {
+            signer: Signer::new(secret.clone(), settings.blob_url_ttl.0),
+            upstream,
+            json,
+            blobs,
+            index,
+            secret,
+            public,
+            api_base: settings.api_base_path().to_owned(),
+            mode: settings.revalidate,
+            max_fresh: settings.max_fresh.0,
+        }
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// `GET …/actions/artifacts/{id}/zip`.
+    pub async fn download(
+        &self,
+        repo: &RepoRef,
+        artifact: u64,
+        request: Request<Body>,
+        client: ClientInfo,
+    ) -> Result<Response<Body>, MirrorError> {
+        let (parts, _) = request.into_parts();
+        let public = self
+            .public
+            .resolve(&parts.headers, parts.uri.authority(), client.tls)?;
+        let origin = public
+            .strip_suffix(&self.api_base)
+            .unwrap_or(&public)
+            .to_owned();
+        let credential = self.secret.credential(&parts.headers).to_string();
+        let now = unix_ms();
+
+        let granted = self
+            .index
+            .grant_get(artifact, credential.as_bytes())
+            .unwrap_or(None);
+        if let Some(granted_at) = granted {
+            let young = self.mode == Revalidate::WhenStale
+                && now.saturating_sub(granted_at) < millis(self.max_fresh);
+            let renewal = if young {
+                Renewal::Allowed
+            } else {
+                self.renew(repo, artifact, &parts, client).await?
+            };
+            match renewal {
+                Renewal::Allowed => {
+                    self.grant(artifact, &credential, now);
+                    match self.blobs.lookup(artifact) {
+                        Some(Available::Stored(..)) => {
+                            return Ok(self.redirect(&origin, artifact, "HIT", None))
+                        }
+                        Some(Available::Filling(_)) => {
+                            return Ok(self.redirect(&origin, artifact, "COALESCED", None))
+                        }
+                        // Allowed, but nothing stored to point at: a fresh
+                        // Location is needed, from the download endpoint.
+                        None => {}
+                    }
+                }
+                Renewal::Denied(response) => {
+                    if let Err(e) = self.index.grant_remove(artifact, credential.as_bytes()) {
+                        tracing::warn!(error = %e, "grant not removed");
+                    }
+                    return Ok(response);
+                }
+                Renewal::Failed(response) => return Ok(response),
+            }
+        }
+
+        let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        let response = self
+            .upstream
+            .forward(Request::from_parts(parts, body::empty()), client)
+            .await?;
+        match response.status() {
+            StatusCode::FOUND => {
+                let location = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<Uri>().ok())
+                    .filter(|u| u.scheme().is_some() && u.authority().is_some())
+                    .ok_or_else(|| {
+                        MirrorError::UpstreamUnreachable(
+                            "the download endpoint's redirect has no usable Location".into(),
+                        )
+                    })?;
+                self.grant(artifact, &credential, now);
+                let status = match self.blobs.lookup(artifact) {
+                    Some(Available::Stored(..)) => "HIT",
+                    Some(Available::Filling(_)) => "COALESCED",
+                    None => {
+                        let facts = self.facts(artifact);
+                        let relocate = self.relocator(path, authorization, client);
+                        let (_, joined) = self.blobs.fill(artifact, location, facts, relocate);
+                        if joined {
+                            "COALESCED"
+                        } else {
+                            "MISS"
+                        }
+                    }
+                };
+                Ok(self.redirect(&origin, artifact, status, Some(response)))
+            }
+            StatusCode::GONE => {
+                self.blobs.remove(artifact);
+                Ok(response)
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// A conditional GET of the artifact's metadata with this credential,
+    /// through the JSON cache: its own ETag makes it a free 304.
+    async fn renew(
+        &self,
+        repo: &RepoRef,
+        artifact: u64,
+        download: &request::Parts,
+        client: ClientInfo,
+    ) -> Result<Renewal, MirrorError> {
+        let path = match repo {
+            RepoRef::Named { owner, name } => {
+                format!(
+                    "{}/repos/{owner}/{name}/actions/artifacts/{artifact}",
+                    self.api_base
+                )
+            }
+            RepoRef::Id(id) => {
+                format!(
+                    "{}/repositories/{id}/actions/artifacts/{artifact}",
+                    self.api_base
+                )
+            }
+        };
+        let mut parts = download.clone();
+        parts.method = Method::GET;
+        parts.uri = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| MirrorError::BadRequest(e.to_string()))?;
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::RANGE,
+        ] {
+            parts.headers.remove(name);
+        }
+        // One Accept for every renewal, so they share one cache entry.
+        parts.headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        let route = ArtifactRoute::Get {
+            repo: repo.clone(),
+            artifact_id: artifact,
+        };
+        let response = self
+            .json
+            .serve(&route, Request::from_parts(parts, body::empty()), client)
+            .await?;
+        Ok(match response.status() {
+            s if s.is_success() => Renewal::Allowed,
+            StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::GONE => Renewal::Denied(response),
+            _ => Renewal::Failed(response),
+        })
+    }
+
+    fn grant(&self, artifact: u64, credential: &str, now: u64) {
+        if let Err(e) = self.index.grant_put(artifact, credential.as_bytes(), now) {
+            tracing::warn!(error = %e, "grant not recorded");
+        }
+    }
+
+    fn facts(&self, artifact: u64) -> Facts {
+        match self.index.facts_get(artifact) {
+            Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
+            _ => Facts::default(),
+        }
+    }
+
+    /// A fresh `Location` from the download endpoint, with the credential
+    /// that started the fill (kept in this closure, in memory only).
+    fn relocator(
+        &self,
+        path: String,
+        authorization: Option<HeaderValue>,
+        client: ClientInfo,
+    ) -> Relocate {
+        let upstream = self.upstream.clone();
+        Box::new(move || {
+            let upstream = upstream.clone();
+            let path = path.clone();
+            let authorization = authorization.clone();
+            Box::pin(async move {
+                let mut request = Request::get(path).body(body::empty()).ok()?;
+                if let Some(auth) = authorization {
+                    request.headers_mut().insert(header::AUTHORIZATION, auth);
+                }
+                let response = upstream.forward(request, client).await.ok()?;
+                if response.status() != StatusCode::FOUND {
+                    return None;
+                }
+                response
+                    .headers()
+                    .get(header::LOCATION)?
+                    .to_str()
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+        })
+    }
+
+    /// 302 to the signed blob URL, keeping upstream's other headers (rate
+    /// limit, request id) when there was an upstream answer.
+    fn redirect(
+        &self,
+        origin: &str,
+        artifact: u64,
+        status: &'static str,
+        upstream: Option<Response<Body>>,
+    ) -> Response<Body> {
+        let location = format!(
+            "{origin}/_mirror/blobs/{artifact}?{}",
+            self.signer.query(artifact, SystemTime::now())
+        );
+        let mut response = match upstream {
+            Some(r) => r.map(|_| body::empty()),
+            None => Response::new(body::empty()),
+        };
+        *response.status_mut() = StatusCode::FOUND;
+        let headers = response.headers_mut();
+        headers.remove(header::CONTENT_TYPE);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            headers.insert(header::LOCATION, v);
+        }
+        headers.insert(X_CACHE, HeaderValue::from_static(status));
+        response
+    }
+
+    /// `GET|HEAD /_mirror/blobs/{id}?exp=…&sig=…`.
+    pub async fn serve_blob(
+        &self,
+        artifact: u64,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, MirrorError> {
+        let (parts, _) = request.into_parts();
+        self.signer
+            .verify(artifact, parts.uri.query(), SystemTime::now())
+            .map_err(MirrorError::Signature)?;
+        let (total, name, etag, modified, source) = match self.blobs.lookup(artifact) {
+            Some(Available::Stored(record, path)) => (
+                record.size,
+                record.name,
+                Some(record.sha256),
+                Some(record.stored_at),
+                Source::Stored(path),
+            ),
+            Some(Available::Filling(fill)) => {
+                let mut state = fill.state();
+                let ready = tokio::time::timeout(
+                    SIZE_WAIT,
+                    state.wait_for(|s| s.total.is_some() || s.outcome.is_some()),
+                )
+                .await;
+                let known = match ready {
+                    Ok(Ok(s)) => s.clone(),
+                    _ => return Err(MirrorError::Fill("the blob store did not answer".into())),
+                };
+                if let Some(Err(e)) = known.outcome {
+                    return Err(MirrorError::Fill(e));
+                }
+                let total = known.total.unwrap_or(0);
+                let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));
+                (total, name, None, None, Source::Filling(fill))
+            }
+            None => return Err(MirrorError::BlobUnavailable),
+        };
+
+        let range = parts
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map_or(ByteRange::Whole, |v| ByteRange::parse(v, total));
+        let (status, start, end) = match range {
+            ByteRange::Whole => (StatusCode::OK, 0, total),
+            ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+            ByteRange::Unsatisfiable => {
+                let mut r = Response::new(body::empty());
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(r);
+            }
+        };
+        let body = if parts.method == Method::HEAD {
+            body::empty()
+        } else {
+            blobs::read_range(source, start, end).boxed()
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/zip"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let filename = name.replace(['"', '\\', '\r', '\n'], "_");
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}.zip\"")) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+        if let Some(sha) = etag {
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+                h.insert(header::ETAG, v);
+            }
+        }
+        if let Some(at) = modified {
+            let t = UNIX_EPOCH + Duration::from_secs(at);
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t)) {
+                h.insert(header::LAST_MODIFIED, v);
+            }
+        }
+        if status == StatusCode::PARTIAL_CONTENT {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// A single `Range: bytes=…` against a blob of `total` bytes. Several ranges
+/// or a malformed header are ignored (RFC 9110 §14.2 allows that): the
+/// whole blob is sent.
+#[derive(Debug, PartialEq, Eq)]
+enum ByteRange {
+    Whole,
+    /// Inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+impl ByteRange {
+    fn parse(value: &str, total: u64) -> ByteRange {
+        let Some(spec) = value.trim().strip_prefix("bytes=") else {
+            return ByteRange::Whole;
+        };
+        if spec.contains(',') {
+            return ByteRange::Whole;
+        }
+        let Some((a, b)) = spec.trim().split_once('-') else {
+            return ByteRange::Whole;
+        };
+        let (a, b) = (a.trim(), b.trim());
+        let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(a), Ok(b)) if a <= b => Some((a, b.min(total.saturating_sub(1)))),
+            (Ok(a), Err(_)) if b.is_empty() => Some((a, total.saturating_sub(1))),
+            (Err(_), Ok(n)) if a.is_empty() => {
+                if n == 0 {
+                    return ByteRange::Unsatisfiable;
+                }
+                Some((total.saturating_sub(n), total.saturating_sub(1)))
+            }
+            _ => None,
+        };
+        match parsed {
+            None => ByteRange::Whole,
+            Some((a, _)) if a >= total => ByteRange::Unsatisfiable,
+            Some((a, b)) => ByteRange::Part(a, b),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange::{self, *};
+
+    #[test]
+    fn ranges() {
+        let p = |v| ByteRange::parse(v, 1000);
+        assert_eq!(p("bytes=0-99"), Part(0, 99));
+        assert_eq!(p("bytes=900-"), Part(900, 999));
+        assert_eq!(p("bytes=-100"), Part(900, 999));
+        assert_eq!(p("bytes=-5000"), Part(0, 999));
+        assert_eq!(p("bytes=990-2000"), Part(990, 999));
+        assert_eq!(p("bytes=1000-"), Unsatisfiable);
+        assert_eq!(p("bytes=-0"), Unsatisfiable);
+        assert_eq!(p("bytes=5-1"), Whole);
+        assert_eq!(p("bytes=0-1,5-6"), Whole);
+        assert_eq!(p("items=0-1"), Whole);
+    }
+}
