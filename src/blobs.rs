@@ -105,6 +105,8 @@ pub struct FillState {
 
 pub struct Fill {
     tmp: PathBuf,
+    /// `blobs/sha256`, where the finished file lands.
+    stored_dir: PathBuf,
     state: watch::Receiver<FillState>,
 }
 
@@ -287,6 +289,7 @@ impl BlobStore {
         });
         let fill = Arc::new(Fill {
             tmp: tmp.clone(),
+            stored_dir: self.dir.join("blobs").join("sha256"),
             state: rx,
         });
         fills.insert(artifact, fill.clone());
@@ -566,24 +569,32 @@ async fn pump(
         Source::Stored(path) => (path.clone(), None),
         Source::Filling(fill) => (fill.tmp.clone(), Some(fill.state())),
     };
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        // The fill finished and renamed its file in between.
-        Err(_) => match state.as_ref().map(|s| s.borrow().outcome.clone()) {
-            Some(Some(Ok(record))) => {
-                let stored = path.parent().and_then(Path::parent).map(|data| {
-                    data.join("blobs")
-                        .join("sha256")
+    let mut file = match (tokio::fs::File::open(&path).await, &mut state) {
+        (Ok(f), _) => f,
+        // The fill finished and renamed its file in between: wait for its
+        // verdict (the record is written right after the rename).
+        (Err(_), Some(rx)) => {
+            let outcome = rx
+                .wait_for(|s| s.outcome.is_some())
+                .await
+                .map_err(|_| "the fill stopped".to_owned())?
+                .outcome
+                .clone();
+            match (outcome, &source) {
+                (Some(Ok(record)), Source::Filling(fill)) => {
+                    let stored = fill
+                        .stored_dir
                         .join(&record.sha256[..2])
-                        .join(&record.sha256)
-                });
-                match stored {
-                    Some(p) => tokio::fs::File::open(p).await.map_err(|e| e.to_string())?,
-                    None => return Err("stored blob not found".into()),
+                        .join(&record.sha256);
+                    tokio::fs::File::open(stored)
+                        .await
+                        .map_err(|e| e.to_string())?
                 }
+                (Some(Err(e)), _) => return Err(e),
+                _ => return Err("stored blob not found".into()),
             }
-            _ => return Err(format!("cannot open {}", path.display())),
-        },
+        }
+        (Err(e), None) => return Err(format!("cannot open {}: {e}", path.display())),
     };
     file.seek(SeekFrom::Start(start))
         .await
@@ -594,14 +605,17 @@ async fn pump(
         let available = match &mut state {
             None => end,
             Some(rx) => loop {
-                let (written, outcome) = {
+                let (written, total, outcome) = {
                     let s = rx.borrow_and_update();
-                    (s.written, s.outcome.clone())
+                    (s.written, s.total, s.outcome.clone())
                 };
+                // The last byte waits for the fill's verdict (size, digest):
+                // a client must never see a corrupt zip end as complete.
+                let releasable = total.map_or(written, |t| written.min(t.saturating_sub(1)));
                 match outcome {
                     Some(Err(e)) => return Err(e),
                     Some(Ok(record)) => break record.size,
-                    None if written > pos => break written,
+                    None if releasable > pos => break releasable,
                     None => {
                         if rx.changed().await.is_err() {
                             return Err("the fill stopped".into());

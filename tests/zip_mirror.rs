@@ -1,0 +1,482 @@
+//! The zip mirror against the simulator: downloads resolved to the mirror's
+//! signed blob URLs, one upstream fetch per artifact, grants renewed for
+//! free, safe sharing between credentials, resume, integrity checks, Range,
+//! quota and expiry.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{get, get_with, request, send, Harness, Reply, TIMEOUT};
+use ghes_sim::fixtures::{ADMIN_TOKEN, OUTSIDER_TOKEN, PRIVATE_REPO, PUBLIC_REPO, READER_TOKEN};
+use ghes_sim::NewArtifact;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+
+fn x_cache(r: &Reply) -> &str {
+    r.header("x-cache").unwrap_or("(none)")
+}
+
+fn zip_path(repo: &str, id: u64) -> String {
+    format!("/repos/{repo}/actions/artifacts/{id}/zip")
+}
+
+fn artifact(h: &Harness, repo: &str, payload: usize, digest: bool) -> ghes_sim::Artifact {
+    h.sim.add_artifact(NewArtifact {
+        repo: repo.into(),
+        run_id: 9001,
+        name: format!("dist-{payload}"),
+        payload_bytes: payload,
+        with_digest: digest,
+        expired: false,
+    })
+}
+
+/// The download route's answer and, when it redirects, the blob's.
+async fn download(h: &Harness, repo: &str, id: u64, token: Option<&str>) -> (Reply, Option<Reply>) {
+    let first = get(&h.url(&zip_path(repo, id)), token).await;
+    if first.status != StatusCode::FOUND {
+        return (first, None);
+    }
+    let location = first.header("location").expect("location").to_owned();
+    assert!(
+        location.starts_with(&format!("http://{}/_mirror/blobs/{id}?", h.mirror)),
+        "{location}"
+    );
+    // gh sends the token to the redirect target too: it must not matter.
+    let blob = get(&location, token).await;
+    (first, Some(blob))
+}
+
+/// Whether any stored blob file exists under the data dir.
+fn stored_files(h: &Harness) -> usize {
+    let root = h.data_dir.path().join("blobs").join("sha256");
+    std::fs::read_dir(root)
+        .map(|shards| {
+            shards
+                .filter_map(Result::ok)
+                .filter_map(|s| std::fs::read_dir(s.path()).ok())
+                .map(|files| files.count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until this zip is stored and `count` files are.
+async fn until_holds(h: &Harness, zip: &Bytes, count: usize) {
+    let sha = hex(&Sha256::digest(zip));
+    let path = h
+        .data_dir
+        .path()
+        .join("blobs")
+        .join("sha256")
+        .join(&sha[..2])
+        .join(&sha);
+    let deadline = Instant::now() + TIMEOUT;
+    while !(path.is_file() && stored_files(h) == count) {
+        assert!(Instant::now() < deadline, "blob never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (bounded) until the fill of an artifact has been stored.
+async fn until_stored(h: &Harness, count: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    while stored_files(h) < count {
+        assert!(Instant::now() < deadline, "blob never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn ten_downloads_cost_two_rate_limit_units_and_one_blob_fetch() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PRIVATE_REPO, 200_000, false);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    h.sim.reset_counters();
+    for i in 0..10 {
+        let (redirect, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
+        assert_eq!(redirect.status, StatusCode::FOUND, "download {i}");
+        let blob = blob.unwrap();
+        assert_eq!(blob.status, StatusCode::OK);
+        assert_eq!(blob.body, zip, "download {i}: bytes differ");
+        assert_eq!(blob.header("content-type"), Some("application/zip"));
+        assert_eq!(
+            blob.header("content-length"),
+            Some(zip.len().to_string().as_str())
+        );
+        assert_eq!(
+            blob.header("content-disposition"),
+            Some(format!("attachment; filename=\"{}.zip\"", art.name).as_str())
+        );
+        let expected = if i == 0 { "MISS" } else { "HIT" };
+        assert_eq!(x_cache(&redirect), expected, "download {i}");
+        until_stored(&h, 1).await;
+    }
+    let c = h.sim.counters();
+    assert_eq!(c.download, 1, "one call of the download endpoint");
+    assert_eq!(c.blob_gets, 1, "one upstream blob fetch");
+    assert_eq!(c.get, 9, "9 grant renewals by metadata GET");
+    assert_eq!(c.not_modified, 8, "all but the first renewal were 304s");
+    assert_eq!(
+        c.rate_limit_used.get("reader"),
+        Some(&2),
+        "direct access would have cost 10"
+    );
+
+    // Another credential with access: its own first download-endpoint call,
+    // no new blob fetch.
+    let (redirect, blob) = download(&h, PRIVATE_REPO, art.id, Some(ADMIN_TOKEN)).await;
+    assert_eq!(x_cache(&redirect), "HIT");
+    assert_eq!(blob.unwrap().body, zip);
+    let c = h.sim.counters();
+    assert_eq!((c.download, c.blob_gets), (2, 1));
+}
+
+#[tokio::test]
+async fn no_access_gets_upstream_answers_and_no_bytes() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PRIVATE_REPO, 50_000, false);
+    let (_, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
+    assert_eq!(blob.unwrap().status, StatusCode::OK);
+    until_stored(&h, 1).await;
+
+    let (outsider, blob) = download(&h, PRIVATE_REPO, art.id, Some(OUTSIDER_TOKEN)).await;
+    assert_eq!(outsider.status, StatusCode::NOT_FOUND);
+    assert!(blob.is_none());
+    assert_eq!(outsider.json()["message"], "Not Found");
+    // Anonymous on a private repository: upstream's 404, no redirect.
+    let (anonymous, blob) = download(&h, PRIVATE_REPO, art.id, None).await;
+    assert_eq!(anonymous.status, StatusCode::NOT_FOUND);
+    assert!(blob.is_none());
+    // Even on a public repository a download needs a credential upstream.
+    let public = artifact(&h, PUBLIC_REPO, 1000, false);
+    let (anonymous, _) = download(&h, PUBLIC_REPO, public.id, None).await;
+    assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn blob_urls_need_a_valid_unexpired_signature_for_that_artifact() {
+    let h = Harness::start_with(|l| l.blob_url_ttl = Some("1s".parse().unwrap())).await;
+    let a = artifact(&h, PUBLIC_REPO, 10_000, false);
+    let b = artifact(&h, PUBLIC_REPO, 10_000, false);
+    let (redirect, blob) = download(&h, PUBLIC_REPO, a.id, Some(READER_TOKEN)).await;
+    assert_eq!(blob.unwrap().status, StatusCode::OK);
+    download(&h, PUBLIC_REPO, b.id, Some(READER_TOKEN)).await;
+    let location = redirect.header("location").unwrap().to_owned();
+    let query = location.split_once('?').unwrap().1.to_owned();
+
+    let mut tampered = location.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
+    let cases = [
+        String::from_utf8(tampered).unwrap(),
+        format!("http://{}/_mirror/blobs/{}?{query}", h.mirror, b.id),
+        format!("http://{}/_mirror/blobs/{}", h.mirror, a.id),
+    ];
+    for url in &cases {
+        let r = get(url, None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{url}");
+        assert!(r.json()["message"].is_string());
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = get(&location, None).await;
+    assert_eq!(expired.status, StatusCode::FORBIDDEN);
+    assert_eq!(expired.json()["message"], "Blob URL has expired");
+}
+
+#[tokio::test]
+async fn concurrent_cold_downloads_make_one_fetch_and_stream_as_it_arrives() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PUBLIC_REPO, 64 * 1024 * 1024, false);
+    let expected = hex(&Sha256::digest(h.sim.zip_bytes(art.id).unwrap()));
+    h.sim.reset_counters();
+    let mirror = h.mirror;
+    let url = h.url(&zip_path(PUBLIC_REPO, art.id));
+    let data_dir = h.data_dir.path().to_owned();
+    // When the fill is stored, as seen from outside.
+    let watcher = tokio::spawn(async move {
+        let root = data_dir.join("blobs").join("sha256");
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let stored = std::fs::read_dir(&root)
+                .map(|d| {
+                    d.filter_map(Result::ok).any(|s| {
+                        std::fs::read_dir(s.path())
+                            .map(|f| f.count() > 0)
+                            .unwrap_or(false)
+                    })
+                })
+                .unwrap_or(false);
+            if stored || Instant::now() > deadline {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let redirect = get(&url, Some(READER_TOKEN)).await;
+            assert_eq!(redirect.status, StatusCode::FOUND);
+            let status = x_cache(&redirect).to_owned();
+            let location = redirect.header("location").unwrap().to_owned();
+            assert!(location.contains(&mirror.to_string()));
+            let response = common::client()
+                .request(request(Method::GET, &location, None))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut body = response.into_body();
+            let mut hasher = Sha256::new();
+            let mut first_byte = None;
+            let mut len = 0usize;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.expect("stream completes").into_data() {
+                    first_byte.get_or_insert_with(Instant::now);
+                    len += data.len();
+                    hasher.update(&data);
+                }
+            }
+            (status, first_byte.unwrap(), len, hex(&hasher.finalize()))
+        }));
+    }
+    let mut results = Vec::new();
+    for c in clients {
+        results.push(
+            tokio::time::timeout(Duration::from_secs(120), c)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let stored_at = watcher.await.unwrap();
+    for (_, _, len, sha) in &results {
+        assert_eq!(
+            *len,
+            64 * 1024 * 1024 + (art.size_in_bytes as usize - 64 * 1024 * 1024)
+        );
+        assert_eq!(sha, &expected);
+    }
+    let c = h.sim.counters();
+    assert_eq!(c.blob_gets, 1, "one upstream blob fetch for 20 clients");
+    let joiners: Vec<_> = results.iter().filter(|r| r.0 == "COALESCED").collect();
+    assert!(!joiners.is_empty(), "no client joined the fill");
+    assert!(
+        joiners.iter().any(|r| r.1 < stored_at),
+        "joiners only got bytes after the fill ended"
+    );
+    assert_eq!(results.iter().filter(|r| r.0 == "MISS").count(), 1);
+}
+
+#[tokio::test]
+async fn a_cut_transfer_resumes_with_range() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PUBLIC_REPO, 300_000, true);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    // Let the mirror learn size and digest from JSON, as clients list first.
+    get(
+        &h.url(&format!(
+            "/repos/{PUBLIC_REPO}/actions/artifacts/{}",
+            art.id
+        )),
+        Some(READER_TOKEN),
+    )
+    .await;
+    h.sim.knobs().cut_blob_after(100_000, 2);
+    let (_, blob) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+    let blob = blob.unwrap();
+    assert_eq!(blob.status, StatusCode::OK);
+    assert_eq!(blob.body, zip);
+    until_stored(&h, 1).await;
+    let ranges: Vec<Option<String>> = h
+        .sim
+        .blob_requests()
+        .iter()
+        .map(|r| r.header("range").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            None,
+            Some("bytes=100000-".into()),
+            Some("bytes=200000-".into())
+        ]
+    );
+    assert!(h
+        .sim
+        .blob_requests()
+        .iter()
+        .all(|r| r.header("authorization").is_none()));
+}
+
+#[tokio::test]
+async fn a_transfer_that_cannot_finish_stores_nothing_and_the_next_one_works() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PUBLIC_REPO, 300_000, false);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    h.sim.knobs().cut_blob_after(50_000, 100);
+    let redirect = get(&h.url(&zip_path(PUBLIC_REPO, art.id)), Some(READER_TOKEN)).await;
+    let location = redirect.header("location").unwrap().to_owned();
+    let response = common::client()
+        .request(request(Method::GET, &location, None))
+        .await
+        .unwrap();
+    let advertised: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(advertised, zip.len());
+    let outcome = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "a cut fill must end the client's stream in error"
+    );
+    assert_eq!(stored_files(&h), 0);
+    h.sim.knobs().clear();
+    let (_, blob) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+    assert_eq!(blob.unwrap().body, zip);
+    until_stored(&h, 1).await;
+}
+
+#[tokio::test]
+async fn digest_or_size_mismatch_is_never_stored() {
+    let h = Harness::start().await;
+    let bad_digest = artifact(&h, PUBLIC_REPO, 20_000, true);
+    h.sim.misdescribe_artifact(
+        bad_digest.id,
+        Some(format!("sha256:{}", "0".repeat(64))),
+        None,
+    );
+    let bad_size = artifact(&h, PUBLIC_REPO, 20_000, false);
+    h.sim
+        .misdescribe_artifact(bad_size.id, None, Some(bad_size.size_in_bytes + 10));
+    // The list teaches the mirror each artifact's digest and size.
+    get(
+        &h.url(&format!(
+            "/repos/{PUBLIC_REPO}/actions/artifacts?per_page=100"
+        )),
+        Some(READER_TOKEN),
+    )
+    .await;
+    for art in [&bad_digest, &bad_size] {
+        let redirect = get(&h.url(&zip_path(PUBLIC_REPO, art.id)), Some(READER_TOKEN)).await;
+        let location = redirect.header("location").unwrap().to_owned();
+        let outcome = tokio::time::timeout(TIMEOUT, async {
+            let response = common::client()
+                .request(request(Method::GET, &location, None))
+                .await
+                .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            response
+                .into_body()
+                .collect()
+                .await
+                .ok()
+                .map(|b| b.to_bytes())
+        })
+        .await
+        .unwrap();
+        assert!(
+            outcome.is_none(),
+            "artifact {}: a bad blob was served as complete",
+            art.id
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stored_files(&h), 0);
+}
+
+#[tokio::test]
+async fn ranges_match_the_zip() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PUBLIC_REPO, 100_000, false);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let (redirect, _) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+    until_stored(&h, 1).await;
+    let location = redirect.header("location").unwrap().to_owned();
+    let n = zip.len();
+    for (range, from, to) in [
+        ("bytes=0-99", 0, 99),
+        ("bytes=5000-5999", 5000, 5999),
+        ("bytes=-100", n - 100, n - 1),
+        ("bytes=1000-", 1000, n - 1),
+    ] {
+        let r = get_with(&location, None, &[("range", range)]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(r.body, zip.slice(from..=to), "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {from}-{to}/{n}").as_str())
+        );
+    }
+    let r = get_with(&location, None, &[("range", &format!("bytes={n}-"))]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{n}").as_str())
+    );
+    let head = send(request(Method::HEAD, &location, None)).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("content-length"), Some(n.to_string().as_str()));
+    let etag = head.header("etag").unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", hex(&Sha256::digest(&zip))));
+    assert!(head.header("last-modified").is_some());
+    assert_eq!(head.header("accept-ranges"), Some("bytes"));
+}
+
+#[tokio::test]
+async fn quota_evicts_the_least_recently_used_and_expiry_and_delete_drop_blobs() {
+    let h = Harness::start_with(|l| l.blob_quota_bytes = Some(250_000)).await;
+    let arts: Vec<_> = (0..3)
+        .map(|_| artifact(&h, PUBLIC_REPO, 100_000, false))
+        .collect();
+    for (i, art) in arts.iter().enumerate() {
+        download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+        until_stored(&h, i.min(1) + 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two fit; the first downloaded went.
+    assert_eq!(stored_files(&h), 2);
+    let blob_gets = h.sim.counters().blob_gets;
+    let (again, _) = download(&h, PUBLIC_REPO, arts[2].id, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&again), "HIT");
+    let (again, _) = download(&h, PUBLIC_REPO, arts[0].id, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&again), "MISS", "the evicted blob is fetched again");
+    assert_eq!(h.sim.counters().blob_gets, blob_gets + 1);
+    // Stored again, and the quota made room by evicting arts[1] (arts[2]
+    // was used more recently).
+    until_holds(&h, &h.sim.zip_bytes(arts[0].id).unwrap(), 2).await;
+    let (kept, _) = download(&h, PUBLIC_REPO, arts[2].id, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&kept), "HIT");
+
+    // Expired upstream: 410 passes through and the blob goes.
+    h.sim.expire_artifact(arts[2].id);
+    let (gone, _) = download(&h, PUBLIC_REPO, arts[2].id, Some(ADMIN_TOKEN)).await;
+    assert_eq!(gone.status, StatusCode::GONE);
+    assert_eq!(stored_files(&h), 1);
+    // Deleted through the mirror: the blob goes too.
+    let del = send(request(
+        Method::DELETE,
+        &h.url(&format!(
+            "/repos/{PUBLIC_REPO}/actions/artifacts/{}",
+            arts[0].id
+        )),
+        Some(ADMIN_TOKEN),
+    ))
+    .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    assert_eq!(stored_files(&h), 0);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
