@@ -480,3 +480,28 @@ async fn quota_evicts_the_least_recently_used_and_expiry_and_delete_drop_blobs()
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn a_restart_keeps_whole_blobs_and_clears_leftovers() {
+    let mut h = Harness::start().await;
+    let art = artifact(&h, PUBLIC_REPO, 30_000, false);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+    until_holds(&h, &zip, 1).await;
+    h.stop_mirror().await;
+    // What a crash mid-fill leaves: a partial download and a file whose
+    // record was never written.
+    let data = h.data_dir.path().to_owned();
+    std::fs::write(data.join("tmp").join("123-abc.part"), b"partial").unwrap();
+    let orphan = data.join("blobs").join("sha256").join("ff");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("f".repeat(64)), b"orphan").unwrap();
+    h.restart_mirror().await;
+    assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+    assert!(!orphan.join("f".repeat(64)).exists());
+    let blob_gets = h.sim.counters().blob_gets;
+    let (redirect, blob) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&redirect), "HIT");
+    assert_eq!(blob.unwrap().body, zip);
+    assert_eq!(h.sim.counters().blob_gets, blob_gets);
+}
