@@ -63,6 +63,12 @@ pub struct Layer {
     /// Directory for the index and stored blobs [default: ./data].
     #[arg(long, env = "ARTIFACT_MIRROR_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key) [default: plain HTTP].
+    #[arg(long, env = "ARTIFACT_MIRROR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ARTIFACT_MIRROR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Extra PEM CA bundle trusted for the upstream (an internal GHES CA).
     #[arg(long, env = "ARTIFACT_MIRROR_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
@@ -143,6 +149,8 @@ impl Layer {
             upstream: self.upstream.or(lower.upstream),
             public_url: self.public_url.or(lower.public_url),
             data_dir: self.data_dir.or(lower.data_dir),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
             ca_file: self.ca_file.or(lower.ca_file),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             upstream_timeout: self.upstream_timeout.or(lower.upstream_timeout),
@@ -174,6 +182,10 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<Url>,
     pub data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Span,
@@ -214,6 +226,8 @@ impl Settings {
                 .map(|u| base_url("public_url", u))
                 .transpose()?,
             data_dir: layer.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            tls_cert: layer.tls_cert,
+            tls_key: layer.tls_key,
             ca_file: layer.ca_file,
             connect_timeout: layer
                 .connect_timeout
@@ -273,6 +287,25 @@ impl Settings {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::invalid("log_level", e.to_string()));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::server::tls_config(cert, key)
+                    .map_err(|e| ConfigError::invalid("tls_cert", e.to_string()))?;
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls_key",
+                    "is required when tls_cert is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls_cert",
+                    "is required when tls_key is set",
+                ))
+            }
+            (None, None) => {}
         }
         if let Some(path) = &self.ca_file {
             crate::upstream::read_ca_file(path)
@@ -479,7 +512,7 @@ mod tests {
         for key in all.keys().filter(|k| *k != "upstream") {
             assert!(written.contains_key(key), "{key} missing from the file");
         }
-        for key in ["upstream", "public_url", "ca_file"] {
+        for key in ["upstream", "public_url", "ca_file", "tls_cert", "tls_key"] {
             assert!(text.contains(&format!("# {key} = ")), "{key} not shown");
         }
     }

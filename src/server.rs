@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::blobs::BlobStore;
@@ -27,6 +28,51 @@ use crate::rewrite::PublicBase;
 use crate::upstream::{BlobFetcher, ClientInfo, Upstream, UpstreamSetupError};
 
 #[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} holds no PEM private key")]
+    NoKey { path: PathBuf },
+    #[error("certificate and key do not fit together: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server-side TLS settings: the chain and key from PEM files, HTTP/2
+/// offered first by ALPN.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsSetupError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| TlsSetupError::NoCertificate {
+            path: cert.to_owned(),
+        })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| TlsSetupError::NoKey {
+        path: key.to_owned(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Time a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data dir {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
@@ -36,12 +82,15 @@ pub enum StartError {
     Secret { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
 }
 
 pub struct Server {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: Arc<App>,
     max_header_bytes: usize,
     grace: Duration,
@@ -102,6 +151,10 @@ impl Server {
             secret,
             PublicBase::from_settings(settings),
         );
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(tls_config(cert, key)?))),
+            _ => None,
+        };
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -111,6 +164,7 @@ impl Server {
                 })?;
         Ok(Server {
             listener,
+            tls,
             app: Arc::new(App::new(settings, upstream, index, json, downloads)),
             max_header_bytes: settings.max_header_bytes,
             grace: settings.shutdown_grace.0,
@@ -153,21 +207,52 @@ impl Server {
             let app = self.app.clone();
             let client = ClientInfo {
                 peer: peer.ip(),
-                tls: false,
+                tls: self.tls.is_some(),
             };
             let service = service_fn(move |request| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(request, client).await) }
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match &self.tls {
+                None => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
                 }
-            });
+                Some(acceptor) => {
+                    // The handshake runs in the connection's task, so a slow
+                    // client never holds up accepting others. Connections
+                    // still in their handshake at shutdown are dropped.
+                    let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let stream =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+            }
         }
         drop(self.listener);
         tracing::info!(grace = ?self.grace, "shutting down: no new connections");
