@@ -297,11 +297,10 @@ fn list(st: &State, repo: &Repo, run: Option<u64>, query: Option<&str>) -> Answe
     let page = query_param(query, "page");
     let (per_page, page) = paging(per_page.as_deref(), page.as_deref());
     let mut items = lock(&st.store).list(repo.id, run);
-    // Only the repo-wide list filters by exact name.
-    if run.is_none() {
-        if let Some(name) = query_param(query, "name") {
-            items.retain(|a| a.name == name);
-        }
+    // Both lists filter by exact name (`artifact-name` in GHES 3.19's
+    // description of each operation; @actions/artifact relies on it).
+    if let Some(name) = query_param(query, "name") {
+        items.retain(|a| a.name == name);
     }
     let ascending = run.is_some() && query_param(query, "direction").as_deref() == Some("asc");
     if !ascending {
