@@ -208,9 +208,17 @@ impl Downloads {
         };
         let mut parts = download.clone();
         parts.method = Method::GET;
-        parts.uri = path
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| MirrorError::BadRequest(e.to_string()))?;
+        // Keep the client's scheme and authority: over HTTP/2 the host is
+        // only in the URI (`:authority`), there is no `Host` header, and the
+        // JSON cache resolves the public base from one or the other.
+        let mut uri = Uri::builder();
+        if let (Some(scheme), Some(authority)) = (download.uri.scheme(), download.uri.authority()) {
+            uri = uri.scheme(scheme.clone()).authority(authority.clone());
+        }
+        parts.uri = uri
+            .path_and_query(path)
+            .build()
+            .map_err(|e| MirrorError::BadRequest(e.to_string()))?;
         for name in [
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,

@@ -505,3 +505,38 @@ async fn a_restart_keeps_whole_blobs_and_clears_leftovers() {
     assert_eq!(blob.unwrap().body, zip);
     assert_eq!(h.sim.counters().blob_gets, blob_gets);
 }
+
+/// Over HTTP/2 the host is only in `:authority`: a repeat download (grant
+/// renewal through the JSON cache) must still resolve the public base.
+#[tokio::test]
+async fn repeat_downloads_over_h2_are_redirected() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PUBLIC_REPO, 5_000, false);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    for expected in ["MISS", "HIT"] {
+        let r = common::send_with(
+            &client,
+            request(
+                Method::GET,
+                &h.url(&zip_path(PUBLIC_REPO, art.id)),
+                Some(READER_TOKEN),
+            ),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::FOUND,
+            "{:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(x_cache(&r), expected);
+        let location = r.header("location").unwrap();
+        assert!(
+            location.starts_with(&format!("http://{}/_mirror/blobs/", h.mirror)),
+            "{location}"
+        );
+        until_stored(&h, 1).await;
+    }
+}
