@@ -17,6 +17,7 @@ use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
 use crate::meta::JsonCache;
+use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{self, ArtifactRoute, Route};
 use crate::upstream::{ClientInfo, Upstream};
 
@@ -28,6 +29,8 @@ pub struct App {
     index: Index,
     json: Arc<JsonCache>,
     downloads: Downloads,
+    public: PublicBase,
+    upstream_base: String,
 }
 
 impl App {
@@ -45,6 +48,8 @@ impl App {
             index,
             json,
             downloads,
+            public: PublicBase::from_settings(settings),
+            upstream_base: settings.upstream.as_str().trim_end_matches('/').to_owned(),
         }
     }
 
@@ -120,6 +125,21 @@ impl App {
                     .await
             }
             Route::Blob { artifact_id } => self.downloads.serve_blob(artifact_id, request).await,
+            Route::Forward if request.method() == http::Method::GET => {
+                let (mut parts, body) = request.into_parts();
+                let public =
+                    self.public
+                        .resolve(&parts.headers, parts.uri.authority(), client.tls)?;
+                // Uncompressed, so URLs in the body can be rewritten.
+                parts.headers.remove(http::header::ACCEPT_ENCODING);
+                let response = self
+                    .upstream
+                    .forward(Request::from_parts(parts, body), client)
+                    .await?;
+                Rewriter::new(&self.upstream_base, &public)
+                    .forwarded(response)
+                    .await
+            }
             Route::Forward => self.upstream.forward(request, client).await,
         }
     }

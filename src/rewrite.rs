@@ -9,10 +9,16 @@
 //! start; GitHub does not escape `/` in JSON).
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HOST};
+use http::header::{self, HeaderMap, HeaderValue, HOST};
 use http::uri::Authority;
+use http::Response;
+use hyper::body::Body as _;
 
+use crate::body::{self, Body};
 use crate::error::MirrorError;
+
+/// Largest forwarded JSON answer rewritten; larger ones stream unchanged.
+const MAX_FORWARD_REWRITE: u64 = 4 * 1024 * 1024;
 
 /// Where the mirror's public API base comes from.
 #[derive(Debug, Clone)]
@@ -108,6 +114,53 @@ impl Rewriter {
     /// Rewrites `<URL>` references in a `Link` header value.
     pub fn link(&self, value: &str) -> String {
         self.replace_after(value, '<')
+    }
+
+    /// Rewrites every `Link` header value in place.
+    pub fn link_headers(&self, headers: &mut HeaderMap) {
+        let rewritten: Vec<HeaderValue> = headers
+            .get_all(header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| HeaderValue::from_str(&self.link(v)).ok())
+            .collect();
+        if rewritten.is_empty() {
+            return;
+        }
+        headers.remove(header::LINK);
+        for v in rewritten {
+            headers.append(header::LINK, v);
+        }
+    }
+
+    /// Rewrites a forwarded (uncached) answer: `Link` always, the body when
+    /// it is uncompressed JSON of known length up to 4 MiB. Clients build
+    /// further URLs from what they get (PyGithub takes a repository's `url`
+    /// and asserts it stays on its base), so forwarded JSON must not lead
+    /// them off the mirror either. Other bodies stream through untouched.
+    pub async fn forwarded(&self, response: Response<Body>) -> Result<Response<Body>, MirrorError> {
+        let (mut parts, body) = response.into_parts();
+        self.link_headers(&mut parts.headers);
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_FORWARD_REWRITE);
+        if !json || !small || parts.headers.contains_key(header::CONTENT_ENCODING) {
+            return Ok(Response::from_parts(parts, body));
+        }
+        let bytes = body::collect_limited(body, MAX_FORWARD_REWRITE as usize)
+            .await
+            .map_err(|e| MirrorError::UpstreamUnreachable(format!("upstream answer cut: {e}")))?;
+        let bytes = self.json(&bytes);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(parts, body::full(bytes)))
     }
 
     /// Rewrites every JSON string value that is an upstream URL.

@@ -442,3 +442,30 @@ async fn health_endpoints_answer_at_the_root() {
     assert_ne!(not_ready.json()["checks"]["data_dir"], "ok");
     assert_eq!(h.sim.counters().api_requests, 0);
 }
+
+/// Forwarded JSON must not lead clients off the mirror: PyGithub builds
+/// artifact URLs from a repository's `url` and asserts they stay on its base.
+#[tokio::test]
+async fn forwarded_json_urls_point_at_the_mirror() {
+    let h = Harness::start().await;
+    let r = get_with_gzip(&h.url(&format!("/repos/{PUBLIC_REPO}")), READER_TOKEN).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let url = r.json()["url"].as_str().unwrap().to_owned();
+    assert_eq!(url, h.url(&format!("/repos/{PUBLIC_REPO}")));
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    // The simulator saw no Accept-Encoding: bodies come back rewritable.
+    let seen = h.sim.requests();
+    assert!(seen.last().unwrap().header("accept-encoding").is_none());
+}
+
+async fn get_with_gzip(url: &str, token: &str) -> Reply {
+    let req = Request::get(url)
+        .header("authorization", format!("token {token}"))
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(req).await
+}
