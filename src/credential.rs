@@ -117,6 +117,18 @@ pub enum CredentialId {
     Token([u8; 32]),
 }
 
+impl CredentialId {
+    /// The id's raw bytes, for keys: `anonymous` (9 bytes) or the 32 MAC
+    /// bytes. The lengths differ, so the two never collide. `Display` (hex)
+    /// stays for logs and for the stored cache policy.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            CredentialId::Anonymous => b"anonymous",
+            CredentialId::Token(mac) => mac,
+        }
+    }
+}
+
 impl fmt::Display for CredentialId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -199,6 +211,8 @@ mod tests {
         assert_ne!(id(Some("token ghp_abc")), id(Some("token ghp_abd")));
         assert_eq!(id(None), CredentialId::Anonymous);
         assert_ne!(id(Some("Basic Zm9v")), CredentialId::Anonymous);
+        assert_eq!(id(None).as_bytes(), b"anonymous");
+        assert_eq!(id(Some("token ghp_abc")).as_bytes().len(), 32);
         let shown = id(Some("token ghp_abc")).to_string();
         assert_eq!(shown.len(), 64);
         assert!(!shown.contains("ghp_abc"));

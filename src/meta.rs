@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode};
-use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::UpstreamStatus;
@@ -73,11 +73,18 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// mirror, and the policy that says when it must be revalidated.
 #[derive(Debug)]
 pub struct Entry {
+    /// Upstream's headers plus `Content-Length` and an `X-Cache` slot: ready
+    /// to be cloned into a response without growing (see [`Entry::respond`]).
     headers: HeaderMap,
     body: Bytes,
     policy: CachePolicy,
     /// Unix milliseconds of the last time upstream confirmed it (200 or 304).
     validated_at: u64,
+    /// Unix milliseconds until which it may be answered without upstream:
+    /// `validated_at + min(policy's time to live then, max_fresh)`.
+    fresh_until: u64,
+    /// Unix milliseconds of the `validated_at` last written to disk.
+    persisted_at: u64,
 }
 
 /// What goes to disk besides the body.
@@ -88,41 +95,148 @@ struct StoredMeta {
     policy: CachePolicy,
 }
 
+/// Headers whose change on a 304 is written to disk at once: validators,
+/// pagination and what decides freshness. Anything else (rate-limit headers,
+/// `Date`) reaches the disk with the next write (see [`PERSIST_EVERY`]).
+const PERSISTED_ON_CHANGE: [HeaderName; 7] = [
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::LINK,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::PRAGMA,
+    header::VARY,
+];
+
+/// A revalidated entry whose headers that matter did not change is written
+/// to disk at most this often. The memory tier is always current; after a
+/// restart the disk's older `validated_at` (and policy) only make the entry
+/// look older than it is, i.e. cost at most one more revalidation sooner.
+const PERSIST_EVERY: Duration = Duration::from_secs(30);
+
 impl Entry {
+    /// `headers` as upstream sent them (URLs rewritten, no `Content-Length`).
+    fn new(
+        mut headers: HeaderMap,
+        body: Bytes,
+        policy: CachePolicy,
+        validated_at: u64,
+        persisted_at: u64,
+        max_fresh: Duration,
+    ) -> Entry {
+        let validated = UNIX_EPOCH + Duration::from_millis(validated_at);
+        let ttl = millis(policy.time_to_live(validated)).min(millis(max_fresh));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(X_CACHE, CacheStatus::Hit.header());
+        Entry {
+            headers,
+            body,
+            policy,
+            validated_at,
+            fresh_until: validated_at.saturating_add(ttl),
+            persisted_at,
+        }
+    }
+
     fn etag(&self) -> Option<&HeaderValue> {
         self.headers.get(header::ETAG)
     }
 
-    fn is_fresh(&self, request: &Request<()>, now: SystemTime, max_fresh: Duration) -> bool {
-        let young = unix_ms(now).saturating_sub(self.validated_at) < millis(max_fresh);
-        young
-            && matches!(
-                self.policy.before_request(request, now),
-                BeforeRequest::Fresh(_)
-            )
+    /// The headers as stored on disk: upstream's, without what `new` adds.
+    fn stored_headers(&self) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(X_CACHE);
+        headers
     }
 
-    fn respond(&self, status: CacheStatus, request_headers: &HeaderMap) -> Response<Body> {
-        let not_modified = match (request_headers.get(header::IF_NONE_MATCH), self.etag()) {
+    /// Fresh by upstream's policy (capped by `max_fresh`), computed when the
+    /// entry was validated, unless the request asks for revalidation. The
+    /// key holds the credential, `Accept` and `X-GitHub-Api-Version` (all
+    /// the policy's request sees), so `Vary` needs no check here.
+    fn is_fresh(&self, request_headers: &HeaderMap, now: SystemTime) -> bool {
+        unix_ms(now) < self.fresh_until && !self.request_refuses(request_headers, now)
+    }
+
+    /// Request directives that rule this entry out (RFC 9111 §5.2.1, as
+    /// `http-cache-semantics` reads them): `no-cache` (or `Pragma:
+    /// no-cache`), `max-age` the entry is older than, `min-fresh` beyond its
+    /// time to live. `max-stale` is not honoured: a stale entry revalidates.
+    fn request_refuses(&self, request_headers: &HeaderMap, now: SystemTime) -> bool {
+        let pragma_no_cache = request_headers
+            .get_all(header::PRAGMA)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("no-cache")));
+        if pragma_no_cache {
+            return true;
+        }
+        let seconds = |v: Option<&str>| {
+            v.map(|v| v.trim().trim_matches('"'))
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+        };
+        let directives = request_headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        for directive in directives {
+            let (name, value) = match directive.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value)),
+                None => (directive.trim(), None),
+            };
+            if name.eq_ignore_ascii_case("no-cache") {
+                return true;
+            }
+            if name.eq_ignore_ascii_case("max-age") {
+                if let Some(max_age) = seconds(value) {
+                    if self.policy.age(now) > max_age {
+                        return true;
+                    }
+                }
+            }
+            if name.eq_ignore_ascii_case("min-fresh") {
+                if let Some(min_fresh) = seconds(value) {
+                    if self.policy.time_to_live(now) < min_fresh {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn respond(&self, status: CacheStatus, if_none_match: Option<&HeaderValue>) -> Response<Body> {
+        let not_modified = match (if_none_match, self.etag()) {
             (Some(wanted), Some(etag)) => etag_matches(wanted, etag),
             _ => false,
         };
-        let mut response = Response::new(if not_modified {
-            body::empty()
-        } else {
-            body::full(self.body.clone())
-        });
-        *response.headers_mut() = self.headers.clone();
-        let headers = response.headers_mut();
-        if not_modified {
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            response.headers_mut().remove(header::CONTENT_LENGTH);
-        } else {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        // A clone of a map that already holds every header: no growth, no
+        // rehash; the `X-Cache` slot is overwritten in place.
+        let mut headers = self.headers.clone();
+        if status != CacheStatus::Hit {
+            if let Some(slot) = headers.get_mut(X_CACHE) {
+                *slot = status.header();
+            }
         }
-        response.headers_mut().insert(X_CACHE, status.header());
+        let mut response = if not_modified {
+            headers.remove(header::CONTENT_LENGTH);
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            Response::new(body::full(self.body.clone()))
+        };
+        *response.headers_mut() = headers;
         response
     }
+}
+
+/// Whether any of `names` has other values in `a` than in `b`.
+fn any_changed(a: &HeaderMap, b: &HeaderMap, names: &[HeaderName]) -> bool {
+    names
+        .iter()
+        .any(|name| !a.get_all(name).iter().eq(b.get_all(name).iter()))
 }
 
 /// A whole upstream (or mirror) answer kept so coalesced callers can share it.
@@ -181,23 +295,34 @@ impl Key {
         parts: &request::Parts,
         public_base: &str,
     ) -> Key {
-        let (repo, tail, list) = match route {
-            ArtifactRoute::ListForRepo { repo } => (repo, "artifacts".to_owned(), Some(false)),
-            ArtifactRoute::ListForRun { repo, run_id } => {
-                (repo, format!("runs/{run_id}/artifacts"), Some(true))
-            }
-            ArtifactRoute::Get { repo, artifact_id }
-            | ArtifactRoute::Delete { repo, artifact_id }
-            | ArtifactRoute::Download { repo, artifact_id } => {
-                (repo, format!("artifacts/{artifact_id}"), None)
+        use std::io::Write as _;
+        let (repo, list) = match route {
+            ArtifactRoute::ListForRepo { repo } => (repo, Some(false)),
+            ArtifactRoute::ListForRun { repo, .. } => (repo, Some(true)),
+            ArtifactRoute::Get { repo, .. }
+            | ArtifactRoute::Delete { repo, .. }
+            | ArtifactRoute::Download { repo, .. } => (repo, None),
+        };
+        let mut key = Vec::with_capacity(160 + public_base.len());
+        push_repo_prefix(&mut key, repo);
+        // Raw bytes, length first: 9 (`anonymous`) or 32 (the MAC, which may
+        // hold any byte, the separator too).
+        let credential = credential.as_bytes();
+        key.push(credential.len() as u8);
+        key.extend_from_slice(credential);
+        key.push(0);
+        // Writing to a Vec cannot fail.
+        let _ = match route {
+            ArtifactRoute::ListForRepo { .. } => key.write_all(b"artifacts"),
+            ArtifactRoute::ListForRun { run_id, .. } => write!(key, "runs/{run_id}/artifacts"),
+            ArtifactRoute::Get { artifact_id, .. }
+            | ArtifactRoute::Delete { artifact_id, .. }
+            | ArtifactRoute::Download { artifact_id, .. } => {
+                write!(key, "artifacts/{artifact_id}")
             }
         };
-        let mut key = repo_prefix(repo);
-        key.extend_from_slice(credential.to_string().as_bytes());
-        key.push(0);
-        key.extend_from_slice(tail.as_bytes());
         key.push(b'?');
-        key.extend_from_slice(normalized_query(parts.uri.query(), list).as_bytes());
+        push_normalized_query(&mut key, parts.uri.query(), list);
         for name in &VARYING {
             key.push(0);
             if let Some(v) = parts.headers.get(name) {
@@ -212,28 +337,49 @@ impl Key {
 
 /// `n:owner/name\0` or `i:id\0`: what all keys of a repository start with.
 fn repo_prefix(repo: &RepoRef) -> Vec<u8> {
-    let mut prefix = repo_id(repo).into_bytes();
-    prefix.push(0);
+    let mut prefix = Vec::new();
+    push_repo_prefix(&mut prefix, repo);
     prefix
 }
 
+fn push_repo_prefix(out: &mut Vec<u8>, repo: &RepoRef) {
+    push_repo_id(out, repo);
+    out.push(0);
+}
+
 fn repo_id(repo: &RepoRef) -> String {
+    let mut id = Vec::new();
+    push_repo_id(&mut id, repo);
+    String::from_utf8(id).expect("repository ids are built from strings")
+}
+
+fn push_repo_id(out: &mut Vec<u8>, repo: &RepoRef) {
+    use std::io::Write as _;
     match repo {
         // GitHub names are case-insensitive.
         RepoRef::Named { owner, name } => {
-            format!(
-                "n:{}/{}",
-                owner.to_ascii_lowercase(),
-                name.to_ascii_lowercase()
-            )
+            out.extend_from_slice(b"n:");
+            out.extend(owner.bytes().map(|b| b.to_ascii_lowercase()));
+            out.push(b'/');
+            out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
         }
-        RepoRef::Id(id) => format!("i:{id}"),
+        RepoRef::Id(id) => {
+            let _ = write!(out, "i:{id}");
+        }
     }
 }
 
 /// Sorted pairs with GitHub's defaults made explicit, so `?page=1&per_page=30`
 /// and no query share an entry. `list` is `Some(is_run_list)` for lists.
+#[cfg(test)]
 fn normalized_query(query: Option<&str>, list: Option<bool>) -> String {
+    let mut out = Vec::new();
+    push_normalized_query(&mut out, query, list);
+    String::from_utf8(out).expect("built from a str")
+}
+
+/// [`normalized_query`] appended to `out`.
+fn push_normalized_query(out: &mut Vec<u8>, query: Option<&str>, list: Option<bool>) {
     let mut pairs: Vec<(&str, &str)> = query
         .unwrap_or("")
         .split('&')
@@ -241,22 +387,26 @@ fn normalized_query(query: Option<&str>, list: Option<bool>) -> String {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .collect();
     if let Some(run_list) = list {
-        let mut defaults = vec![("per_page", "30"), ("page", "1")];
-        if run_list {
-            defaults.push(("direction", "desc"));
-        }
-        for (name, value) in defaults {
+        let defaults: &[(&str, &str)] = if run_list {
+            &[("per_page", "30"), ("page", "1"), ("direction", "desc")]
+        } else {
+            &[("per_page", "30"), ("page", "1")]
+        };
+        for &(name, value) in defaults {
             if !pairs.iter().any(|(n, _)| *n == name) {
                 pairs.push((name, value));
             }
         }
     }
     pairs.sort_unstable();
-    pairs
-        .iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
+    }
 }
 
 /// Weak comparison (RFC 9110 §8.8.3.2): GitHub flips between `W/"x"` and
@@ -286,6 +436,19 @@ struct Store {
     index: Index,
     disk_bytes: u64,
     max_age: Duration,
+    max_fresh: Duration,
+}
+
+/// What [`Store::put`] writes to disk besides the memory tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    /// A new body: meta and body.
+    Body,
+    /// Revalidated: the meta (validation time, headers, policy).
+    Meta,
+    /// Revalidated, nothing that matters changed and the disk is recent
+    /// enough: memory only.
+    No,
 }
 
 impl Store {
@@ -312,33 +475,42 @@ impl Store {
                 return None;
             }
         };
-        let entry = Arc::new(Entry {
-            headers: meta.headers,
-            body: Bytes::copy_from_slice(&record.body),
-            policy: meta.policy,
-            validated_at: record.validated_at,
-        });
+        // Freshness is recomputed from the stored policy and validation time
+        // (so a changed `max_fresh` applies at once).
+        let entry = Arc::new(Entry::new(
+            meta.headers,
+            Bytes::copy_from_slice(&record.body),
+            meta.policy,
+            record.validated_at,
+            record.validated_at,
+            self.max_fresh,
+        ));
         self.hot.insert(key.clone(), entry.clone()).await;
         Some(entry)
     }
 
-    async fn put(&self, key: &Key, entry: Arc<Entry>, new_body: bool) {
-        let meta = StoredMeta {
-            headers: entry.headers.clone(),
-            policy: entry.policy.clone(),
-        };
-        let stored = serde_json::to_vec(&meta)
-            .map_err(|e| e.to_string())
-            .and_then(|meta| {
-                let body = new_body.then_some(entry.body.as_ref());
-                self.index
-                    .json_put(&key.0, entry.validated_at, &meta, body)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "cached JSON not persisted");
+    async fn put(&self, key: &Key, entry: Arc<Entry>, persist: Persist) {
+        if persist != Persist::No {
+            let meta = StoredMeta {
+                headers: entry.stored_headers(),
+                policy: entry.policy.clone(),
+            };
+            let stored = serde_json::to_vec(&meta)
+                .map_err(|e| e.to_string())
+                .and_then(|meta| {
+                    let body = (persist == Persist::Body).then_some(entry.body.as_ref());
+                    self.index
+                        .json_put(&key.0, entry.validated_at, &meta, body)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "cached JSON not persisted");
+            }
         }
         self.hot.insert(key.clone(), entry).await;
+        if persist == Persist::No {
+            return; // Nothing added to disk: nothing to evict.
+        }
         let oldest = unix_ms(SystemTime::now()).saturating_sub(millis(self.max_age));
         match self.index.json_evict(self.disk_bytes, oldest) {
             Ok(dropped) => {
@@ -348,6 +520,12 @@ impl Store {
             }
             Err(e) => tracing::warn!(error = %e, "cached JSON eviction failed"),
         }
+    }
+
+    /// How long a revalidated entry's disk record may lag behind memory:
+    /// [`PERSIST_EVERY`], or less when records age out sooner.
+    fn persist_every(&self) -> u64 {
+        millis(PERSIST_EVERY.min(self.max_age / 2))
     }
 
     async fn remove(&self, key: &Key) {
@@ -413,6 +591,7 @@ impl JsonCache {
                 index,
                 disk_bytes: settings.json_disk_bytes,
                 max_age: settings.json_max_age.0,
+                max_fresh: settings.max_fresh.0,
             },
             flights: Flights::default(),
             public,
@@ -447,17 +626,19 @@ impl JsonCache {
             .resolve(&parts.headers, parts.uri.authority(), client.tls)?;
         let credential = self.secret.credential(&parts.headers);
         let key = Key::new(route, credential, &parts, &public);
-        let policy_request = policy_request(&parts, credential);
         let cached = self.store.get(&key).await;
         if self.mode == Revalidate::WhenStale {
             if let Some(entry) = &cached {
-                if entry.is_fresh(&policy_request, SystemTime::now(), self.max_fresh) {
-                    return Ok(entry.respond(CacheStatus::Hit, &parts.headers));
+                if entry.is_fresh(&parts.headers, SystemTime::now()) {
+                    let if_none_match = parts.headers.get(header::IF_NONE_MATCH);
+                    return Ok(entry.respond(CacheStatus::Hit, if_none_match));
                 }
             }
         }
+        let policy_request = policy_request(&parts, credential);
         let rewriter = Rewriter::new(&self.upstream_base, &public);
-        let headers = parts.headers.clone();
+        // `refresh` strips the client's validators from the upstream request.
+        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
         let refresh = self.refresh(
             &key,
             route,
@@ -477,7 +658,7 @@ impl JsonCache {
                 status,
                 upstream,
             } => {
-                let mut response = entry.respond(*status, &headers);
+                let mut response = entry.respond(*status, if_none_match.as_ref());
                 if let Some(s) = upstream {
                     response.extensions_mut().insert(UpstreamStatus(*s));
                 }
@@ -551,14 +732,28 @@ impl JsonCache {
                     AfterResponse::NotModified(policy, merged) => {
                         let mut headers = merged.headers;
                         headers.remove(header::AGE);
-                        rewrite_link(&mut headers, rewriter);
-                        let fresh = Arc::new(Entry {
+                        rewriter.link_headers(&mut headers);
+                        // Memory always takes the new headers and time; the
+                        // disk only when what matters changed or it lags too
+                        // far (see `PERSIST_EVERY`).
+                        let validated_at = unix_ms(now);
+                        let persist = any_changed(&entry.headers, &headers, &PERSISTED_ON_CHANGE)
+                            || validated_at.saturating_sub(entry.persisted_at)
+                                >= self.store.persist_every();
+                        let fresh = Arc::new(Entry::new(
                             headers,
-                            body: entry.body.clone(),
+                            entry.body.clone(),
                             policy,
-                            validated_at: unix_ms(now),
-                        });
-                        self.store.put(key, fresh.clone(), false).await;
+                            validated_at,
+                            if persist {
+                                validated_at
+                            } else {
+                                entry.persisted_at
+                            },
+                            self.max_fresh,
+                        ));
+                        let persist = if persist { Persist::Meta } else { Persist::No };
+                        self.store.put(key, fresh.clone(), persist).await;
                         Outcome::Entry {
                             entry: fresh,
                             status: CacheStatus::Revalidated,
@@ -577,7 +772,7 @@ impl JsonCache {
                 }
             }
             (StatusCode::OK, _) => {
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
                 let body = match body::collect_limited(body, MAX_JSON_BYTES).await {
                     Ok(bytes) => rewriter.json(&bytes),
                     Err(e) => {
@@ -587,25 +782,25 @@ impl JsonCache {
                         return Outcome::Passthrough(Buffered::error(&e));
                     }
                 };
-                let mut headers = parts.headers.clone();
-                rewrite_link(&mut headers, rewriter);
-                headers.remove(header::CONTENT_LENGTH);
-                let mut response_parts = parts;
-                response_parts.headers = headers.clone();
+                rewriter.link_headers(&mut parts.headers);
+                parts.headers.remove(header::CONTENT_LENGTH);
                 let options = CacheOptions {
                     shared: false,
                     ..CacheOptions::default()
                 };
-                let policy =
-                    CachePolicy::new_options(policy_request, &response_parts, now, options);
-                let entry = Arc::new(Entry {
+                let policy = CachePolicy::new_options(policy_request, &parts, now, options);
+                let headers = parts.headers;
+                let validated_at = unix_ms(now);
+                let entry = Arc::new(Entry::new(
                     headers,
                     body,
                     policy,
-                    validated_at: unix_ms(now),
-                });
+                    validated_at,
+                    validated_at,
+                    self.max_fresh,
+                ));
                 let status = if entry.policy.is_storable() {
-                    self.store.put(key, entry.clone(), true).await;
+                    self.store.put(key, entry.clone(), Persist::Body).await;
                     self.learn_from_body(route, &entry.body);
                     CacheStatus::Miss
                 } else {
@@ -754,25 +949,24 @@ fn policy_request(parts: &request::Parts, credential: CredentialId) -> Request<(
             headers.insert(name.clone(), v.clone());
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&credential.to_string()) {
-        headers.insert(header::AUTHORIZATION, v);
-    }
+    headers.insert(header::AUTHORIZATION, credential_header(credential));
     request
 }
 
-fn rewrite_link(headers: &mut HeaderMap, rewriter: &Rewriter) {
-    let rewritten: Vec<HeaderValue> = headers
-        .get_all(header::LINK)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| HeaderValue::from_str(&rewriter.link(v)).ok())
-        .collect();
-    if rewritten.is_empty() {
-        return;
-    }
-    headers.remove(header::LINK);
-    for v in rewritten {
-        headers.append(header::LINK, v);
+/// The credential id as `Display` writes it (hex of the MAC, or
+/// `anonymous`), without going through `fmt` byte by byte.
+fn credential_header(credential: CredentialId) -> HeaderValue {
+    match credential {
+        CredentialId::Anonymous => HeaderValue::from_static("anonymous"),
+        CredentialId::Token(mac) => {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let mut hex = [0u8; 64];
+            for (pair, b) in hex.chunks_exact_mut(2).zip(mac) {
+                pair[0] = DIGITS[usize::from(b >> 4)];
+                pair[1] = DIGITS[usize::from(b & 0xf)];
+            }
+            HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+        }
     }
 }
 
@@ -801,6 +995,32 @@ mod tests {
         assert!(etag_matches(&v("W/\"x\", W/\"abc\""), &v("\"abc\"")));
         assert!(etag_matches(&v("*"), &v("\"abc\"")));
         assert!(!etag_matches(&v("\"abd\""), &v("\"abc\"")));
+    }
+
+    #[test]
+    fn credential_header_is_the_display_form() {
+        for id in [CredentialId::Anonymous, CredentialId::Token([0xa7; 32])] {
+            assert_eq!(credential_header(id), id.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn key_starts_with_the_repo_prefix_and_separates_credentials() {
+        let (parts, ()) = Request::get("/api/v3/repos/O/R/actions/artifacts")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let repo = RepoRef::Named {
+            owner: "O".into(),
+            name: "R".into(),
+        };
+        let route = ArtifactRoute::ListForRepo { repo: repo.clone() };
+        let anon = Key::new(&route, CredentialId::Anonymous, &parts, "http://m");
+        let token = Key::new(&route, CredentialId::Token([0; 32]), &parts, "http://m");
+        assert!(anon.0.starts_with(&repo_prefix(&repo)));
+        assert!(anon.0.starts_with(b"n:o/r\0"));
+        assert!(token.0.starts_with(&repo_prefix(&repo)));
+        assert_ne!(anon, token);
     }
 
     #[test]
