@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header;
@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::BoxError;
+use crate::clock::{now_ms, now_secs};
 use crate::credential::hex;
 use crate::index::Index;
 use crate::upstream::BlobFetcher;
@@ -221,12 +222,12 @@ impl BlobStore {
                 return None;
             }
         };
-        if record.expires_at.is_some_and(|t| t <= unix_secs()) {
+        if record.expires_at.is_some_and(|t| t <= now_secs()) {
             self.remove(artifact);
             return None;
         }
         let path = self.path_of(&record.sha256);
-        if let Err(e) = self.index.blob_touch(artifact, unix_ms()) {
+        if let Err(e) = self.index.blob_touch(artifact, now_ms()) {
             tracing::warn!(error = %e, "blob access time not recorded");
         }
         Some(Available::Stored(record, path))
@@ -434,7 +435,7 @@ impl BlobStore {
                     size,
                     name: name.unwrap_or_else(|| format!("artifact-{artifact}")),
                     expires_at: facts.expires_at,
-                    stored_at: unix_secs(),
+                    stored_at: now_secs(),
                 });
             }
             last_error = cut
@@ -468,7 +469,7 @@ impl BlobStore {
         }
         let encoded = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         self.index
-            .blob_put(artifact, &encoded, unix_ms())
+            .blob_put(artifact, &encoded, now_ms())
             .map_err(|e| e.to_string())?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
         self.enforce_quota();
@@ -478,7 +479,7 @@ impl BlobStore {
     /// Evicts least recently used blobs past the quota, and expired ones.
     fn enforce_quota(&self) {
         if let Ok(records) = self.records() {
-            let now = unix_secs();
+            let now = now_secs();
             for (id, r) in records {
                 if r.expires_at.is_some_and(|t| t <= now) {
                     self.remove(id);
@@ -675,18 +676,6 @@ impl HttpBody for ChannelBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
     }
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 
 use crate::blobs::{self, Available, BlobStore, Facts, Relocate, Source};
 use crate::body::{self, Body};
+use crate::clock::{millis, now_ms};
 use crate::config::{Revalidate, Settings};
 use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
@@ -97,7 +98,7 @@ impl Downloads {
             .unwrap_or(&public)
             .to_owned();
         let credential = self.secret.credential(&parts.headers).to_string();
-        let now = unix_ms();
+        let now = now_ms();
 
         let granted = self
             .index
@@ -457,16 +458,6 @@ impl ByteRange {
             Some((a, b)) => ByteRange::Part(a, b),
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod app;
 pub mod blobs;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod download;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::access_log::UpstreamStatus;
 use crate::blobs::Facts;
 use crate::body::{self, Body};
+use crate::clock::{millis, unix_ms};
 use crate::config::{Revalidate, Settings};
 use crate::credential::{CredentialId, InstanceSecret};
 use crate::error::{error_body, MirrorError};
@@ -420,14 +421,6 @@ pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     wanted
         .split(',')
         .any(|w| w.trim() == "*" || opaque(w) == etag)
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, millis)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The two tiers.

@@ -6,8 +6,9 @@
 //! GitHub's blob storage, works for clients that drop `Authorization` on the
 //! redirect (and ignores it for those that do not).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::clock::unix_secs;
 use crate::credential::{hex, InstanceSecret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,7 +36,7 @@ impl Signer {
 
     /// `exp=…&sig=…` for a URL valid from `now` for the configured time.
     pub fn query(&self, artifact_id: u64, now: SystemTime) -> String {
-        let exp = unix(now) + self.ttl.as_secs().max(1);
+        let exp = unix_secs(now) + self.ttl.as_secs().max(1);
         format!("exp={exp}&sig={}", hex(&self.tag(artifact_id, exp)))
     }
 
@@ -68,7 +69,7 @@ impl Signer {
         if !self.secret.verify(&signed, &sig) {
             return Err(SignatureError::Invalid);
         }
-        if unix(now) > exp {
+        if unix_secs(now) > exp {
             return Err(SignatureError::Expired);
         }
         Ok(())
@@ -78,10 +79,6 @@ impl Signer {
         self.secret
             .mac(&[b"blob", &artifact_id.to_be_bytes(), &exp.to_be_bytes()])
     }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
