@@ -540,3 +540,38 @@ async fn repeat_downloads_over_h2_are_redirected() {
         until_stored(&h, 1).await;
     }
 }
+
+/// A transfer cut late in its signed URL's life resumes with a fresh
+/// `Location` from the download endpoint (asked with the credential that
+/// started the fill), from where it stopped.
+#[tokio::test]
+async fn a_resume_with_an_expired_link_gets_a_fresh_location() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PRIVATE_REPO, 300_000, false);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    h.sim.reset_counters();
+    h.sim.knobs().cut_blob_after(100_000, 1);
+    h.sim.knobs().expire_blob_links_on_resume(1);
+    let (redirect, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&redirect), "MISS");
+    assert_eq!(blob.unwrap().body, zip);
+    until_stored(&h, 1).await;
+    let blobs = h.sim.blob_requests();
+    let ranges: Vec<Option<&str>> = blobs.iter().map(|r| r.header("range")).collect();
+    assert_eq!(ranges, [None, Some("bytes=100000-"), Some("bytes=100000-")]);
+    assert!(blobs.iter().all(|r| r.header("authorization").is_none()));
+    let c = h.sim.counters();
+    assert_eq!(c.download, 2, "the download endpoint was asked again");
+    // The fresh Location was asked with the client's credential.
+    let relocation = h
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query.ends_with("/zip"))
+        .nth(1)
+        .expect("second download-endpoint call");
+    assert_eq!(
+        relocation.header("authorization"),
+        Some(format!("token {READER_TOKEN}").as_str())
+    );
+}

@@ -69,7 +69,8 @@ pub(crate) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<R
     let Ok(expiry) = se.parse::<u64>() else {
         return auth_failed(&st, "Signature fields not well formed.");
     };
-    if now_millis() > u128::from(expiry) * 1000 {
+    let resumed = parts.headers.contains_key(header::RANGE);
+    if now_millis() > u128::from(expiry) * 1000 || (resumed && st.knobs.take_resume_expiry()) {
         let detail = format!(
             "Signature not valid in the specified time frame: Start [] - Expiry [{}] - Current [{}]",
             http_date(expiry),

@@ -13,6 +13,8 @@ pub struct Knobs {
     fail: Mutex<(u32, u16)>,
     /// (body bytes before the cut, remaining count)
     cut: Mutex<(u64, u32)>,
+    /// Remaining resumed (`Range`) blob GETs to refuse as expired.
+    expire_on_resume: Mutex<u32>,
 }
 
 impl Knobs {
@@ -35,11 +37,20 @@ impl Knobs {
         *lock(&self.cut) = (bytes, times);
     }
 
+    /// The next `n` blob GETs that carry a `Range` (a client resuming) are
+    /// refused as if their signed URL had expired (403), as happens when a
+    /// transfer is cut late in a link's minute: the client must ask the
+    /// download endpoint for a fresh `Location`.
+    pub fn expire_blob_links_on_resume(&self, n: u32) {
+        *lock(&self.expire_on_resume) = n;
+    }
+
     /// Back to normal: no latency, no failures, no cuts.
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
         self.fail_next(0, 0);
         self.cut_blob_after(0, 0);
+        self.expire_blob_links_on_resume(0);
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -53,6 +64,16 @@ impl Knobs {
             f.0 -= 1;
             f.1
         })
+    }
+
+    /// Takes one injected expiry for a resumed GET, if any are left.
+    pub(crate) fn take_resume_expiry(&self) -> bool {
+        let mut n = lock(&self.expire_on_resume);
+        let take = *n > 0;
+        if take {
+            *n -= 1;
+        }
+        take
     }
 
     /// Takes one injected cut, if any are left: the byte count to send.
