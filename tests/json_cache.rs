@@ -63,7 +63,7 @@ async fn always_mode_revalidates_every_request_for_free() {
 async fn when_stale_mode_answers_fresh_entries_without_upstream() {
     let h = Harness::start_with(|l| {
         l.revalidate = Some(Revalidate::WhenStale);
-        l.max_fresh = Some("1s".parse().unwrap());
+        l.max_fresh = Some("2s".parse().unwrap());
     })
     .await;
     let url = h.url(&format!(
@@ -85,12 +85,12 @@ async fn when_stale_mode_answers_fresh_entries_without_upstream() {
     assert_eq!(x_cache(&r), "HIT");
     assert_eq!(total_count(&r), total_count(&first));
     // ... and is after max_fresh: upstream answers 200 with the new list.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = get(&url, Some(READER_TOKEN)).await;
     assert_eq!(x_cache(&r), "MISS");
     assert_eq!(total_count(&r), total_count(&first) + 1);
     // Stale again later, nothing changed: a free 304.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = get(&url, Some(READER_TOKEN)).await;
     assert_eq!(x_cache(&r), "REVALIDATED");
     let c = h.sim.counters();
