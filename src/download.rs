@@ -97,7 +97,7 @@ impl Downloads {
             .strip_suffix(&self.api_base)
             .unwrap_or(&public)
             .to_owned();
-        let credential = self.secret.credential(&parts.headers).to_string();
+        let credential = self.secret.credential(&parts.headers);
         let now = now_ms();
 
         let granted = self
@@ -114,7 +114,7 @@ impl Downloads {
             };
             match renewal {
                 Renewal::Allowed => {
-                    self.grant(artifact, &credential, now);
+                    self.grant(artifact, credential.as_bytes(), now);
                     match self.blobs.lookup(artifact) {
                         Some(Available::Stored(..)) => {
                             return Ok(self.redirect(&origin, artifact, "HIT", None))
@@ -159,7 +159,7 @@ impl Downloads {
                             "the download endpoint's redirect has no usable Location".into(),
                         )
                     })?;
-                self.grant(artifact, &credential, now);
+                self.grant(artifact, credential.as_bytes(), now);
                 let status = match self.blobs.lookup(artifact) {
                     Some(Available::Stored(..)) => "HIT",
                     Some(Available::Filling(_)) => "COALESCED",
@@ -250,8 +250,8 @@ impl Downloads {
         })
     }
 
-    fn grant(&self, artifact: u64, credential: &str, now: u64) {
-        if let Err(e) = self.index.grant_put(artifact, credential.as_bytes(), now) {
+    fn grant(&self, artifact: u64, credential: &[u8], now: u64) {
+        if let Err(e) = self.index.grant_put(artifact, credential, now) {
             tracing::warn!(error = %e, "grant not recorded");
         }
     }
