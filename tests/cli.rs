@@ -2,6 +2,8 @@
 //! answers and exit codes, and `serve` starting, answering and stopping on
 //! SIGTERM.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -257,19 +259,7 @@ fn serve_answers_and_stops_on_sigterm() {
     }
     let pid = child.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status();
-    let status = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
     let mut log = String::new();
     if let Some(mut err) = child.stderr.take() {
         use std::io::Read;

@@ -13,7 +13,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Harness;
 use ghes_sim::fixtures::{ADMIN_TOKEN, PRIVATE_REPO, PRIVATE_REPO_ID, READER_TOKEN};
@@ -166,17 +166,7 @@ async fn run(env: &ClientEnv, program: &'static str, args: &[&str], extra: &[(&s
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot run {shown}: {e} (is the client installed? see .ci/run)")
         });
-        let deadline = Instant::now() + SCRIPT_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = common::wait_bounded(&mut child, SCRIPT_TIMEOUT);
         let output = child.wait_with_output().unwrap();
         let text = format!(
             "--- stdout\n{}\n--- stderr\n{}",
@@ -207,77 +197,61 @@ fn assert_mirror_did_its_job(env: &ClientEnv) {
     assert!(gets <= 3, "{gets} upstream blob fetches for 3 artifacts");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl() {
-    if !enabled("curl") {
+/// One client suite: the script, the environment it needs beyond the
+/// fixture, then the mirror's own checks.
+async fn suite(
+    name: &str,
+    program: &'static str,
+    script: &str,
+    extra: impl FnOnce(&ClientEnv) -> Vec<(&'static str, String)>,
+) {
+    if !enabled(name) {
         return;
     }
     let env = client_env().await;
-    run(&env, "bash", &["curl.sh"], &[]).await;
+    let extra = extra(&env);
+    run(&env, program, &[script], &extra).await;
     assert_mirror_did_its_job(&env);
+}
+
+fn node_ca(env: &ClientEnv) -> Vec<(&'static str, String)> {
+    vec![("NODE_EXTRA_CA_CERTS", env.ca.display().to_string())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl() {
+    suite("curl", "bash", "curl.sh", |_| vec![]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pygithub() {
-    if !enabled("pygithub") {
-        return;
-    }
-    let env = client_env().await;
-    run(&env, "python3", &["pygithub_client.py"], &[]).await;
-    assert_mirror_did_its_job(&env);
+    suite("pygithub", "python3", "pygithub_client.py", |_| vec![]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn octokit() {
-    if !enabled("octokit") {
-        return;
-    }
-    let env = client_env().await;
-    let ca = env.ca.display().to_string();
-    run(
-        &env,
-        "node",
-        &["octokit.mjs"],
-        &[("NODE_EXTRA_CA_CERTS", ca)],
-    )
-    .await;
-    assert_mirror_did_its_job(&env);
+    suite("octokit", "node", "octokit.mjs", node_ca).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_artifact() {
-    if !enabled("actions_artifact") {
-        return;
-    }
-    let env = client_env().await;
-    let ca = env.ca.display().to_string();
-    run(
-        &env,
-        "node",
-        &["actions-artifact.mjs"],
-        &[("NODE_EXTRA_CA_CERTS", ca)],
-    )
-    .await;
-    assert_mirror_did_its_job(&env);
+    suite("actions_artifact", "node", "actions-artifact.mjs", node_ca).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gh() {
-    if !enabled("gh") {
-        return;
-    }
-    let env = client_env().await;
-    let extra = [
-        ("GH_HOST", env.host.clone()),
-        ("SSL_CERT_FILE", env.ca.display().to_string()),
-        (
-            "GH_CONFIG_DIR",
-            env.dir.path().join("gh-config").display().to_string(),
-        ),
-        ("GH_NO_UPDATE_NOTIFIER", "1".to_owned()),
-        ("GH_PROMPT_DISABLED", "1".to_owned()),
-        ("NO_COLOR", "1".to_owned()),
-    ];
-    run(&env, "bash", &["gh.sh"], &extra).await;
-    assert_mirror_did_its_job(&env);
+    suite("gh", "bash", "gh.sh", |env| {
+        vec![
+            ("GH_HOST", env.host.clone()),
+            ("SSL_CERT_FILE", env.ca.display().to_string()),
+            (
+                "GH_CONFIG_DIR",
+                env.dir.path().join("gh-config").display().to_string(),
+            ),
+            ("GH_NO_UPDATE_NOTIFIER", "1".to_owned()),
+            ("GH_PROMPT_DISABLED", "1".to_owned()),
+            ("NO_COLOR", "1".to_owned()),
+        ]
+    })
+    .await;
 }

@@ -197,3 +197,22 @@ pub async fn get_with(url: &str, token: Option<&str>, headers: &[(&str, &str)]) 
     }
     send(req).await
 }
+
+/// Waits for a child process at most `limit`; kills it past that and
+/// answers `None`.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
