@@ -33,39 +33,10 @@
 //   workflowRunId is ignored by downloadArtifact.
 
 import { readFileSync, readdirSync } from "node:fs";
-import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { check, checks, equal, fail, fixture, ok, sha256 } from "./checks.mjs";
 
-const fixture = JSON.parse(readFileSync(process.env.FIXTURE ?? fail("FIXTURE is not set"), "utf8"));
 const { api_base: apiBase, reader_token: token, owner, repo, run_id: runId, work_dir: workDir } = fixture;
-let checks = 0;
-
-function fail(message) {
-  throw new Error(message);
-}
-
-function ok(message) {
-  checks += 1;
-  console.log(`ok ${checks} - ${message}`);
-}
-
-function check(condition, message, detail) {
-  if (!condition) {
-    fail(`${message}${detail === undefined ? "" : `: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`}`);
-  }
-  ok(message);
-}
-
-function equal(actual, expected, message) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) {
-    fail(`${message}: got ${a}, expected ${e}`);
-  }
-  ok(`${message} (${e.length > 120 ? `${e.slice(0, 117)}...` : e})`);
-}
-
-const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
 async function main() {
   // Before the import: @actions/github reads GITHUB_API_URL at module load.
@@ -123,10 +94,10 @@ async function main() {
     equal(summary(artifact), { id: fx.id, name: fx.name, size: fx.size_in_bytes }, `getArtifact("${fx.name}")`);
   }
 
-  console.log(`actions-artifact: all ${checks} checks passed`);
+  console.log(`actions-artifact: all ${checks()} checks passed`);
 }
 
 main().catch((error) => {
-  console.error(`actions-artifact: FAILED after ${checks} checks: ${error?.stack ?? error}`);
+  console.error(`actions-artifact: FAILED after ${checks()} checks: ${error?.stack ?? error}`);
   process.exit(1);
 });

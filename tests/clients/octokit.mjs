@@ -21,42 +21,12 @@
 // - getArtifact with `If-None-Match: <its ETag>` makes octokit throw its
 //   RequestError with status 304.
 
-import { readFileSync } from "node:fs";
-import { createHash } from "node:crypto";
 import { inflateRawSync } from "node:zlib";
 import { Octokit } from "@octokit/rest";
+import { check, checks, equal, fail, fixture, ok, sha256 } from "./checks.mjs";
 
-const fixture = JSON.parse(readFileSync(process.env.FIXTURE ?? fail("FIXTURE is not set"), "utf8"));
 const { api_base: apiBase, reader_token: token, owner, repo, run_id: runId } = fixture;
 const mirrorOrigin = new URL(apiBase).origin;
-let checks = 0;
-
-function fail(message) {
-  throw new Error(message);
-}
-
-function ok(message) {
-  checks += 1;
-  console.log(`ok ${checks} - ${message}`);
-}
-
-function check(condition, message, detail) {
-  if (!condition) {
-    fail(`${message}${detail === undefined ? "" : `: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`}`);
-  }
-  ok(message);
-}
-
-function equal(actual, expected, message) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) {
-    fail(`${message}: got ${a}, expected ${e}`);
-  }
-  ok(`${message} (${e.length > 120 ? `${e.slice(0, 117)}...` : e})`);
-}
-
-const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
 const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
   let c = n;
@@ -276,10 +246,10 @@ async function main() {
     );
   }
 
-  console.log(`octokit: all ${checks} checks passed`);
+  console.log(`octokit: all ${checks()} checks passed`);
 }
 
 main().catch((error) => {
-  console.error(`octokit: FAILED after ${checks} checks: ${error?.stack ?? error}`);
+  console.error(`octokit: FAILED after ${checks()} checks: ${error?.stack ?? error}`);
   process.exit(1);
 });
