@@ -227,10 +227,16 @@ impl BlobStore {
             return None;
         }
         let path = self.path_of(&record.sha256);
+        Some(Available::Stored(record, path))
+    }
+
+    /// Marks a stored blob used now (for LRU eviction). Called where bytes
+    /// are served, not on every lookup: a download is a route lookup plus a
+    /// blob request, and only one index write is needed for it.
+    pub fn touch(&self, artifact: u64) {
         if let Err(e) = self.index.blob_touch(artifact, now_ms()) {
             tracing::warn!(error = %e, "blob access time not recorded");
         }
-        Some(Available::Stored(record, path))
     }
 
     /// Drops an artifact's blob (deleted, expired or evicted); the file goes

@@ -335,13 +335,16 @@ impl Downloads {
             .verify(artifact, parts.uri.query(), SystemTime::now())
             .map_err(MirrorError::Signature)?;
         let (total, name, etag, modified, source) = match self.blobs.lookup(artifact) {
-            Some(Available::Stored(record, path)) => (
-                record.size,
-                record.name,
-                Some(record.sha256),
-                Some(record.stored_at),
-                Source::Stored(path),
-            ),
+            Some(Available::Stored(record, path)) => {
+                self.blobs.touch(artifact);
+                (
+                    record.size,
+                    record.name,
+                    Some(record.sha256),
+                    Some(record.stored_at),
+                    Source::Stored(path),
+                )
+            }
             Some(Available::Filling(fill)) => {
                 let mut state = fill.state();
                 let ready = tokio::time::timeout(
