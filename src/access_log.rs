@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
 use crate::config::{LogFormat, Settings};
+use crate::metrics::Metrics;
 
 /// Installs the process-wide subscriber: `log_level` as the filter (RUST_LOG
 /// wins when set), `log_format` for the line shape, lines to stderr. A
@@ -54,19 +56,25 @@ pub struct LoggedBody {
     inner: Body,
     entry: Option<Entry>,
     bytes: u64,
+    /// Where the bytes sent are counted as served from the store.
+    served: Option<Arc<Metrics>>,
 }
 
 impl LoggedBody {
-    pub fn new(inner: Body, entry: Entry) -> Self {
+    pub fn new(inner: Body, entry: Entry, served: Option<Arc<Metrics>>) -> Self {
         LoggedBody {
             inner,
             entry: Some(entry),
             bytes: 0,
+            served,
         }
     }
 
     fn finish(&mut self, outcome: &'static str) {
         let Some(e) = self.entry.take() else { return };
+        if let Some(metrics) = &self.served {
+            metrics.served_from_store(self.bytes);
+        }
         tracing::info!(
             target: "access",
             method = %e.method,

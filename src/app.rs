@@ -17,6 +17,7 @@ use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
 use crate::meta::JsonCache;
+use crate::metrics::{self, CacheOutcome, Eviction, Metrics};
 use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{self, ArtifactRoute, Route};
 use crate::upstream::{ClientInfo, Upstream};
@@ -31,6 +32,7 @@ pub struct App {
     downloads: Downloads,
     public: PublicBase,
     upstream_base: String,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -40,6 +42,7 @@ impl App {
         index: Index,
         json: Arc<JsonCache>,
         downloads: Downloads,
+        metrics: Arc<Metrics>,
     ) -> App {
         App {
             api_base: settings.api_base_path().to_owned(),
@@ -50,11 +53,17 @@ impl App {
             downloads,
             public: PublicBase::from_settings(settings),
             upstream_base: settings.upstream.as_str().trim_end_matches('/').to_owned(),
+            metrics,
         }
     }
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Blob fills under way (shutdown waits for them within its grace).
+    pub fn fills_in_flight(&self) -> u64 {
+        self.downloads.blobs().live().fills_in_flight
     }
 
     pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<LoggedBody>
@@ -72,13 +81,15 @@ impl App {
                 .dispatch(
                     route,
                     request.map(|b| b.map_err(Into::into).boxed()),
-                    client,
+                    client.for_route(route_name),
                 )
                 .await
                 .unwrap_or_else(MirrorError::into_response),
             Err(e) => MirrorError::from(e).into_response(),
         };
         let (parts, body) = response.into_parts();
+        self.metrics
+            .request(route_name, parts.extensions.get::<CacheOutcome>().copied());
         let entry = Entry {
             method,
             route: route_name,
@@ -88,7 +99,9 @@ impl App {
             upstream_status: parts.extensions.get::<UpstreamStatus>().map(|s| s.0),
             started,
         };
-        Response::from_parts(parts, LoggedBody::new(body, entry))
+        // Only blob bytes are counted at body end (served from the store).
+        let counted = (route_name == "blob").then(|| self.metrics.clone());
+        Response::from_parts(parts, LoggedBody::new(body, entry, counted))
     }
 
     async fn dispatch(
@@ -100,6 +113,15 @@ impl App {
         match route {
             Route::Alive => Ok(health::alive()),
             Route::Ready => Ok(health::ready(&self.data_dir, &self.index).await),
+            Route::Metrics => {
+                let text = self.metrics.render(self.downloads.blobs().live());
+                let mut response = Response::new(crate::body::full(Bytes::from(text)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+                );
+                Ok(response)
+            }
             Route::Artifact(
                 ref route @ (ArtifactRoute::ListForRepo { .. }
                 | ArtifactRoute::ListForRun { .. }
@@ -112,7 +134,9 @@ impl App {
                 let response = self.upstream.forward(request, client).await?;
                 if response.status() == http::StatusCode::NO_CONTENT {
                     self.json.purge_repo(repo);
-                    self.downloads.blobs().remove(artifact_id);
+                    self.downloads
+                        .blobs()
+                        .remove(artifact_id, Eviction::Deleted);
                 }
                 Ok(response)
             }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,6 +31,7 @@ use crate::body::BoxError;
 use crate::clock::{now_ms, now_secs};
 use crate::credential::hex;
 use crate::index::Index;
+use crate::metrics::{Eviction, Live, Metrics};
 use crate::upstream::BlobFetcher;
 
 /// Transfers attempted per fill (the first and the resumes).
@@ -109,11 +110,40 @@ pub struct Fill {
     /// `blobs/sha256`, where the finished file lands.
     stored_dir: PathBuf,
     state: watch::Receiver<FillState>,
+    /// Clients streaming from this fill (a metric).
+    readers: AtomicU64,
+    /// Set when the finished blob is over `max_blob_bytes`: it was streamed
+    /// to its clients but is not kept; the file goes with the last of them.
+    transient: AtomicBool,
 }
 
 impl Fill {
     pub fn state(&self) -> watch::Receiver<FillState> {
         self.state.clone()
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        if self.transient.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Counts a client in [`Fill::readers`] for as long as it streams.
+struct Reading<'a>(&'a Fill);
+
+impl<'a> Reading<'a> {
+    fn new(fill: &'a Fill) -> Self {
+        fill.readers.fetch_add(1, Ordering::Relaxed);
+        Reading(fill)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -128,13 +158,25 @@ pub enum Available {
     Filling(Arc<Fill>),
 }
 
+/// Bounds of the store, from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Total bytes of stored blobs; least recently used out past it.
+    pub quota: u64,
+    /// Largest blob kept; larger ones are streamed to their clients only.
+    pub max_blob: u64,
+}
+
 pub struct BlobStore {
     dir: PathBuf,
     index: Index,
     fetcher: BlobFetcher,
     quota: u64,
+    max_blob: u64,
     stored_bytes: AtomicU64,
+    stored_blobs: AtomicU64,
     fills: Mutex<HashMap<u64, Arc<Fill>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl BlobStore {
@@ -144,7 +186,8 @@ impl BlobStore {
         data_dir: &Path,
         index: Index,
         fetcher: BlobFetcher,
-        quota: u64,
+        limits: StoreLimits,
+        metrics: Arc<Metrics>,
     ) -> io::Result<BlobStore> {
         let tmp = data_dir.join("tmp");
         if tmp.exists() {
@@ -156,15 +199,20 @@ impl BlobStore {
             dir: data_dir.to_owned(),
             index,
             fetcher,
-            quota,
+            quota: limits.quota,
+            max_blob: limits.max_blob.min(limits.quota),
             stored_bytes: AtomicU64::new(0),
+            stored_blobs: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
+            metrics,
         };
+        let mut count = 0;
         let mut named = std::collections::HashSet::new();
         let mut total = 0;
         for (id, record) in store.records().map_err(io::Error::other)? {
             if store.path_of(&record.sha256).is_file() {
                 total += record.size;
+                count += 1;
                 named.insert(record.sha256);
             } else {
                 store.index.blob_remove(id).map_err(io::Error::other)?;
@@ -183,11 +231,26 @@ impl BlobStore {
             }
         }
         store.stored_bytes.store(total, Ordering::Relaxed);
+        store.stored_blobs.store(count, Ordering::Relaxed);
         Ok(store)
     }
 
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The store's figures for `/metrics`, read at scrape time.
+    pub fn live(&self) -> Live {
+        let fills = self.lock();
+        Live {
+            store_bytes: self.stored_bytes(),
+            store_blobs: self.stored_blobs.load(Ordering::Relaxed),
+            fills_in_flight: fills.len() as u64,
+            fill_waiters: fills
+                .values()
+                .map(|f| f.readers.load(Ordering::Relaxed))
+                .sum(),
+        }
     }
 
     fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
@@ -223,7 +286,7 @@ impl BlobStore {
             }
         };
         if record.expires_at.is_some_and(|t| t <= now_secs()) {
-            self.remove(artifact);
+            self.remove(artifact, Eviction::Expired);
             return None;
         }
         let path = self.path_of(&record.sha256);
@@ -241,7 +304,7 @@ impl BlobStore {
 
     /// Drops an artifact's blob (deleted, expired or evicted); the file goes
     /// when no other artifact shares its content.
-    pub fn remove(&self, artifact: u64) {
+    pub fn remove(&self, artifact: u64, reason: Eviction) {
         let removed = match self.index.blob_remove(artifact) {
             Ok(Some(v)) => serde_json::from_slice::<BlobRecord>(&v).ok(),
             Ok(None) => None,
@@ -254,6 +317,12 @@ impl BlobStore {
             tracing::warn!(error = %e, "grants not removed");
         }
         let Some(record) = removed else { return };
+        self.metrics.evicted(reason);
+        let _ = self
+            .stored_blobs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
         let _ = self
             .stored_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -298,18 +367,32 @@ impl BlobStore {
             tmp: tmp.clone(),
             stored_dir: self.dir.join("blobs").join("sha256"),
             state: rx,
+            readers: AtomicU64::new(0),
+            transient: AtomicBool::new(false),
         });
         fills.insert(artifact, fill.clone());
         drop(fills);
         let store = self.clone();
+        let detached = fill.clone();
         tokio::spawn(async move {
             let outcome = store
                 .transfer(artifact, &tmp, location, &facts, &relocate, &tx)
                 .await;
             let outcome = match outcome {
+                Ok(record) if record.size > store.max_blob => {
+                    tracing::info!(
+                        artifact,
+                        size = record.size,
+                        max = store.max_blob,
+                        "blob over max_blob_bytes: streamed, not stored"
+                    );
+                    detached.transient.store(true, Ordering::Relaxed);
+                    Ok(record)
+                }
                 Ok(record) => store.keep(artifact, &tmp, record).await,
                 Err(e) => Err(e),
             };
+            drop(detached);
             if let Err(e) = &outcome {
                 tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
                 let _ = tokio::fs::remove_file(&tmp).await;
@@ -419,6 +502,7 @@ impl BlobStore {
                     return Err(format!("the blob store sent more than {size} bytes"));
                 }
                 file.write_all(&data).await.map_err(|e| e.to_string())?;
+                self.metrics.fetched_from_upstream(data.len() as u64);
                 // Readers open the file themselves: the bytes must be in it
                 // before they are announced.
                 file.flush().await.map_err(|e| e.to_string())?;
@@ -478,6 +562,7 @@ impl BlobStore {
             .blob_put(artifact, &encoded, now_ms())
             .map_err(|e| e.to_string())?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
+        self.stored_blobs.fetch_add(1, Ordering::Relaxed);
         self.enforce_quota();
         Ok(record)
     }
@@ -488,7 +573,7 @@ impl BlobStore {
             let now = now_secs();
             for (id, r) in records {
                 if r.expires_at.is_some_and(|t| t <= now) {
-                    self.remove(id);
+                    self.remove(id, Eviction::Expired);
                 }
             }
         }
@@ -500,7 +585,7 @@ impl BlobStore {
             match self.index.blob_least_recent() {
                 Ok(Some(id)) => {
                     tracing::info!(artifact = id, "blob evicted (quota)");
-                    self.remove(id);
+                    self.remove(id, Eviction::Quota);
                 }
                 _ => break,
             }
@@ -575,6 +660,10 @@ async fn pump(
     let (path, mut state) = match &source {
         Source::Stored(path) => (path.clone(), None),
         Source::Filling(fill) => (fill.tmp.clone(), Some(fill.state())),
+    };
+    let _reading = match &source {
+        Source::Filling(fill) => Some(Reading::new(fill)),
+        Source::Stored(_) => None,
     };
     let mut file = match (tokio::fs::File::open(&path).await, &mut state) {
         (Ok(f), _) => f,

@@ -85,6 +85,28 @@ pub struct Layer {
     /// Largest request head accepted; larger gets 431 [default: 65536].
     #[arg(long, env = "ARTIFACT_MIRROR_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// Time a client gets to send a whole request head; past it, 408 and the connection closes [default: 30s].
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Option<Span>,
+    /// Time an idle keep-alive connection (or one whose client stopped reading) stays open [default: 75s].
+    #[arg(long, env = "ARTIFACT_MIRROR_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<Span>,
+    /// Client connections served at once; past it, 503 and close [default: 4096].
+    #[arg(long, env = "ARTIFACT_MIRROR_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Requests to the GHES API in flight at once [default: 64].
+    #[arg(long, env = "ARTIFACT_MIRROR_MAX_UPSTREAM_REQUESTS", value_name = "N")]
+    pub max_upstream_requests: Option<usize>,
+    /// Requests waiting for an upstream slot; past it, 503 with Retry-After [default: 256].
+    #[arg(long, env = "ARTIFACT_MIRROR_UPSTREAM_QUEUE", value_name = "N")]
+    pub upstream_queue: Option<usize>,
+    /// Largest zip kept in the store; larger ones are streamed to clients, not stored [default: 10737418240].
+    #[arg(long, env = "ARTIFACT_MIRROR_MAX_BLOB_BYTES", value_name = "BYTES")]
+    pub max_blob_bytes: Option<u64>,
     /// Time in-flight requests get to finish on shutdown [default: 30s].
     #[arg(long, env = "ARTIFACT_MIRROR_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<Span>,
@@ -155,6 +177,12 @@ impl Layer {
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             upstream_timeout: self.upstream_timeout.or(lower.upstream_timeout),
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
+            header_read_timeout: self.header_read_timeout.or(lower.header_read_timeout),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_upstream_requests: self.max_upstream_requests.or(lower.max_upstream_requests),
+            upstream_queue: self.upstream_queue.or(lower.upstream_queue),
+            max_blob_bytes: self.max_blob_bytes.or(lower.max_blob_bytes),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             trust_forwarded_headers: self
                 .trust_forwarded_headers
@@ -191,6 +219,12 @@ pub struct Settings {
     pub connect_timeout: Span,
     pub upstream_timeout: Span,
     pub max_header_bytes: usize,
+    pub header_read_timeout: Span,
+    pub idle_timeout: Span,
+    pub max_connections: usize,
+    pub max_upstream_requests: usize,
+    pub upstream_queue: usize,
+    pub max_blob_bytes: u64,
     pub shutdown_grace: Span,
     pub trust_forwarded_headers: bool,
     pub revalidate: Revalidate,
@@ -236,6 +270,14 @@ impl Settings {
                 .upstream_timeout
                 .unwrap_or(Span(Duration::from_secs(60))),
             max_header_bytes: layer.max_header_bytes.unwrap_or(64 * 1024),
+            header_read_timeout: layer
+                .header_read_timeout
+                .unwrap_or(Span(Duration::from_secs(30))),
+            idle_timeout: layer.idle_timeout.unwrap_or(Span(Duration::from_secs(75))),
+            max_connections: layer.max_connections.unwrap_or(4096),
+            max_upstream_requests: layer.max_upstream_requests.unwrap_or(64),
+            upstream_queue: layer.upstream_queue.unwrap_or(256),
+            max_blob_bytes: layer.max_blob_bytes.unwrap_or(10 * 1024 * 1024 * 1024),
             shutdown_grace: layer
                 .shutdown_grace
                 .unwrap_or(Span(Duration::from_secs(30))),
@@ -262,10 +304,23 @@ impl Settings {
         for (key, span) in [
             ("connect_timeout", self.connect_timeout),
             ("upstream_timeout", self.upstream_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
         ] {
             if span.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
             }
+        }
+        for (key, n) in [
+            ("max_connections", self.max_connections),
+            ("max_upstream_requests", self.max_upstream_requests),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_blob_bytes == 0 {
+            return Err(ConfigError::invalid("max_blob_bytes", "must be at least 1"));
         }
         if self.blob_url_ttl.0 < Duration::from_secs(1) {
             return Err(ConfigError::invalid("blob_url_ttl", "must be at least 1s"));

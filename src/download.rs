@@ -22,6 +22,7 @@ use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
 use crate::index::Index;
 use crate::meta::{JsonCache, X_CACHE};
+use crate::metrics::{CacheOutcome, Eviction};
 use crate::rewrite::PublicBase;
 use crate::router::{ArtifactRoute, RepoRef};
 use crate::signing::Signer;
@@ -45,7 +46,9 @@ pub struct Downloads {
 
 /// What renewing a grant said.
 enum Renewal {
-    Allowed,
+    /// How the JSON cache answered the renewal (a 304 and a young grant are
+    /// free; a full 200 cost a unit).
+    Allowed(CacheOutcome),
     /// Upstream says no (404/410/401/403): the grant ends, its answer goes back.
     Denied(Response<Body>),
     /// Upstream failed: its answer goes back, the grant stays.
@@ -108,24 +111,25 @@ impl Downloads {
             let young = self.mode == Revalidate::WhenStale
                 && now.saturating_sub(granted_at) < millis(self.max_fresh);
             let renewal = if young {
-                Renewal::Allowed
+                Renewal::Allowed(CacheOutcome::Hit)
             } else {
                 self.renew(repo, artifact, &parts, client).await?
             };
             match renewal {
-                Renewal::Allowed => {
+                Renewal::Allowed(renewed) => {
                     self.grant(artifact, credential.as_bytes(), now);
-                    match self.blobs.lookup(artifact) {
-                        Some(Available::Stored(..)) => {
-                            return Ok(self.redirect(&origin, artifact, "HIT", None))
-                        }
-                        Some(Available::Filling(_)) => {
-                            return Ok(self.redirect(&origin, artifact, "COALESCED", None))
-                        }
-                        // Allowed, but nothing stored to point at: a fresh
-                        // Location is needed, from the download endpoint.
-                        None => {}
+                    let status = match self.blobs.lookup(artifact) {
+                        Some(Available::Stored(..)) => Some("HIT"),
+                        Some(Available::Filling(_)) => Some("COALESCED"),
+                        None => None,
+                    };
+                    if let Some(status) = status {
+                        let mut response = self.redirect(&origin, artifact, status, None);
+                        response.extensions_mut().insert(renewed);
+                        return Ok(response);
                     }
+                    // Allowed, but nothing stored to point at: a fresh
+                    // Location is needed, from the download endpoint.
                 }
                 Renewal::Denied(response) => {
                     if let Err(e) = self.index.grant_remove(artifact, credential.as_bytes()) {
@@ -174,10 +178,12 @@ impl Downloads {
                         }
                     }
                 };
-                Ok(self.redirect(&origin, artifact, status, Some(response)))
+                let mut response = self.redirect(&origin, artifact, status, Some(response));
+                response.extensions_mut().insert(CacheOutcome::Miss);
+                Ok(response)
             }
             StatusCode::GONE => {
-                self.blobs.remove(artifact);
+                self.blobs.remove(artifact, Eviction::Expired);
                 Ok(response)
             }
             _ => Ok(response),
@@ -238,10 +244,19 @@ impl Downloads {
         };
         let response = self
             .json
-            .serve(&route, Request::from_parts(parts, body::empty()), client)
+            .serve(
+                &route,
+                Request::from_parts(parts, body::empty()),
+                client.for_route(route.name()),
+            )
             .await?;
+        let outcome = response
+            .extensions()
+            .get::<CacheOutcome>()
+            .copied()
+            .unwrap_or(CacheOutcome::Miss);
         Ok(match response.status() {
-            s if s.is_success() => Renewal::Allowed,
+            s if s.is_success() => Renewal::Allowed(outcome),
             StatusCode::UNAUTHORIZED
             | StatusCode::FORBIDDEN
             | StatusCode::NOT_FOUND
@@ -334,7 +349,7 @@ impl Downloads {
         self.signer
             .verify(artifact, parts.uri.query(), SystemTime::now())
             .map_err(MirrorError::Signature)?;
-        let (total, name, etag, modified, source) = match self.blobs.lookup(artifact) {
+        let (total, name, etag, modified, source, cache) = match self.blobs.lookup(artifact) {
             Some(Available::Stored(record, path)) => {
                 self.blobs.touch(artifact);
                 (
@@ -343,6 +358,7 @@ impl Downloads {
                     Some(record.sha256),
                     Some(record.stored_at),
                     Source::Stored(path),
+                    CacheOutcome::Hit,
                 )
             }
             Some(Available::Filling(fill)) => {
@@ -361,7 +377,14 @@ impl Downloads {
                 }
                 let total = known.total.unwrap_or(0);
                 let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));
-                (total, name, None, None, Source::Filling(fill))
+                (
+                    total,
+                    name,
+                    None,
+                    None,
+                    Source::Filling(fill),
+                    CacheOutcome::Filling,
+                )
             }
             None => return Err(MirrorError::BlobUnavailable),
         };
@@ -390,6 +413,7 @@ impl Downloads {
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
+        response.extensions_mut().insert(cache);
         let h = response.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

@@ -4,7 +4,8 @@
 //! unchanged. What the mirror answers on its own looks like GitHub's errors
 //! (`{"message", "documentation_url"}`) so clients report them the same way.
 
-use http::{header, Response, StatusCode};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
 
 use crate::body::{self, Body};
 use crate::router::RouteError;
@@ -31,6 +32,10 @@ pub enum MirrorError {
     BlobUnavailable,
     #[error("Artifact could not be fetched from the blob store: {0}")]
     Fill(String),
+    /// The upstream concurrency bound and its queue are full: the client
+    /// should come back shortly rather than pile onto GHES.
+    #[error("The mirror has too many requests waiting for GHES; retry in {0} s")]
+    Overloaded(u64),
 }
 
 impl MirrorError {
@@ -44,11 +49,27 @@ impl MirrorError {
             MirrorError::Signature(_) => StatusCode::FORBIDDEN,
             MirrorError::BlobUnavailable => StatusCode::NOT_FOUND,
             MirrorError::Fill(_) => StatusCode::BAD_GATEWAY,
+            MirrorError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
+    /// The answer's headers: JSON, and `Retry-After` where there is one.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        if let MirrorError::Overloaded(seconds) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+        }
+        headers
+    }
+
     pub fn into_response(self) -> Response<Body> {
-        json_error(self.status(), &self.to_string())
+        let mut response = json_error(self.status(), &self.to_string());
+        *response.headers_mut() = self.headers();
+        response
     }
 }
 
@@ -75,7 +96,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json; charset=utf-8"),
+        HeaderValue::from_static("application/json; charset=utf-8"),
     );
     response
 }
@@ -93,6 +114,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["message"], "Upstream did not answer within 2s");
         assert_eq!(v["documentation_url"], DOCUMENTATION_URL);
+    }
+
+    #[test]
+    fn overload_says_when_to_retry() {
+        let r = MirrorError::Overloaded(1).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert!(r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod flight;
 pub mod health;
 pub mod index;
 pub mod meta;
+pub mod metrics;
 pub mod rewrite;
 pub mod router;
 pub mod server;

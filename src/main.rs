@@ -83,7 +83,21 @@ async fn serve(settings: Settings) -> ExitCode {
         "artifact-mirror serving http://{addr}{}",
         settings.api_base_path()
     );
-    server.run(shutdown_signal()).await;
+    server
+        .run(async {
+            shutdown_signal().await;
+            // A second signal ends the process at once. Nothing is left
+            // corrupt by that: sled recovers from an unflushed log, a blob
+            // is recorded only after its file is whole and in place, and
+            // partial files in tmp/ are cleared at the next start.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            });
+        })
+        .await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 

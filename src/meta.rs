@@ -28,6 +28,7 @@ use crate::credential::{CredentialId, InstanceSecret};
 use crate::error::{error_body, MirrorError};
 use crate::flight::Flights;
 use crate::index::Index;
+use crate::metrics::CacheOutcome;
 use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{ArtifactRoute, RepoRef};
 use crate::upstream::{ClientInfo, Upstream};
@@ -65,6 +66,16 @@ impl CacheStatus {
             CacheStatus::Bypass => "BYPASS",
             CacheStatus::Stale => "STALE",
         })
+    }
+
+    fn outcome(self) -> CacheOutcome {
+        match self {
+            CacheStatus::Hit => CacheOutcome::Hit,
+            CacheStatus::Revalidated => CacheOutcome::Revalidated,
+            CacheStatus::Miss => CacheOutcome::Miss,
+            CacheStatus::Bypass => CacheOutcome::Bypass,
+            CacheStatus::Stale => CacheOutcome::Stale,
+        }
     }
 }
 
@@ -250,14 +261,9 @@ struct Buffered {
 
 impl Buffered {
     fn error(e: &MirrorError) -> Buffered {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
         Buffered {
             status: e.status(),
-            headers,
+            headers: e.headers(),
             body: error_body(&e.to_string()),
         }
     }
@@ -612,6 +618,7 @@ impl JsonCache {
             response
                 .headers_mut()
                 .insert(X_CACHE, CacheStatus::Bypass.header());
+            response.extensions_mut().insert(CacheOutcome::Bypass);
             return Ok(response);
         }
         let public = self
@@ -624,7 +631,9 @@ impl JsonCache {
             if let Some(entry) = &cached {
                 if entry.is_fresh(&parts.headers, SystemTime::now()) {
                     let if_none_match = parts.headers.get(header::IF_NONE_MATCH);
-                    return Ok(entry.respond(CacheStatus::Hit, if_none_match));
+                    let mut response = entry.respond(CacheStatus::Hit, if_none_match);
+                    response.extensions_mut().insert(CacheOutcome::Hit);
+                    return Ok(response);
                 }
             }
         }
@@ -641,11 +650,11 @@ impl JsonCache {
             client,
             &rewriter,
         );
-        let (outcome, _shared) = self
+        let (outcome, shared) = self
             .flights
             .run(&key, || async move { Arc::new(refresh.await) })
             .await;
-        Ok(match &*outcome {
+        let (mut response, cache) = match &*outcome {
             Outcome::Entry {
                 entry,
                 status,
@@ -655,16 +664,23 @@ impl JsonCache {
                 if let Some(s) = upstream {
                     response.extensions_mut().insert(UpstreamStatus(*s));
                 }
-                response
+                (response, status.outcome())
             }
             Outcome::Passthrough(buffered) => {
                 let mut response = buffered.respond();
                 response
                     .extensions_mut()
                     .insert(UpstreamStatus(buffered.status));
-                response
+                (response, CacheOutcome::Bypass)
             }
-        })
+        };
+        let cache = if shared {
+            CacheOutcome::Coalesced
+        } else {
+            cache
+        };
+        response.extensions_mut().insert(cache);
+        Ok(response)
     }
 
     /// Drops every cached answer of a repository, for every credential and

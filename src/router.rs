@@ -16,6 +16,8 @@ pub enum Route {
     Alive,
     /// `GET /readyz`: the data dir and index are usable.
     Ready,
+    /// `GET /metrics`: Prometheus exposition.
+    Metrics,
     /// `GET|HEAD /_mirror/blobs/{id}`: a stored zip, by signed URL.
     Blob { artifact_id: u64 },
     /// One of the five Actions artifacts operations.
@@ -25,11 +27,12 @@ pub enum Route {
 }
 
 impl Route {
-    /// Stable name for logs and, later, metrics labels.
+    /// Stable name for logs and metrics labels.
     pub fn name(&self) -> &'static str {
         match self {
             Route::Alive => "healthz",
             Route::Ready => "readyz",
+            Route::Metrics => "metrics",
             Route::Blob { .. } => "blob",
             Route::Artifact(a) => a.name(),
             Route::Forward => "forward",
@@ -97,11 +100,12 @@ const ECHO_MAX: usize = 100;
 /// trailing `/` (`/api/v3`, or empty when the API is mounted at the root).
 pub fn route(method: &Method, path: &str, api_base: &str) -> Result<Route, RouteError> {
     match path {
-        "/healthz" | "/readyz" if !matches!(*method, Method::GET | Method::HEAD) => {
+        "/healthz" | "/readyz" | "/metrics" if !matches!(*method, Method::GET | Method::HEAD) => {
             return Err(RouteError::MethodNotAllowed)
         }
         "/healthz" => return Ok(Route::Alive),
         "/readyz" => return Ok(Route::Ready),
+        "/metrics" => return Ok(Route::Metrics),
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/_mirror/blobs/") {
@@ -319,6 +323,7 @@ mod tests {
     #[test]
     fn health_and_forward() {
         assert_eq!(get("/healthz"), Ok(Route::Alive));
+        assert_eq!(get("/metrics"), Ok(Route::Metrics));
         assert_eq!(
             get("/_mirror/blobs/42"),
             Ok(Route::Blob { artifact_id: 42 })

@@ -14,16 +14,22 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+mod guard;
+
+use guard::{ConnState, Guarded, Limits, Tracked};
+
 use crate::app::App;
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, StoreLimits};
 use crate::config::Settings;
 use crate::credential::InstanceSecret;
 use crate::download::Downloads;
 use crate::index::{Index, IndexOpenError};
 use crate::meta::JsonCache;
+use crate::metrics::Metrics;
 use crate::rewrite::PublicBase;
 use crate::upstream::{BlobFetcher, ClientInfo, Upstream, UpstreamSetupError};
 
@@ -70,6 +76,24 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsSe
 }
 
 /// Time a client gets to finish the TLS handshake.
+/// Answers a connection past `max_connections` with a 503 and closes it,
+/// within a second whatever the client does.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = crate::error::error_body("The mirror is at its connection limit; retry shortly");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n\
+         content-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +117,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     max_header_bytes: usize,
+    max_connections: usize,
+    limits: Limits,
     grace: Duration,
 }
 
@@ -122,7 +148,8 @@ impl Server {
                 path: secret_path,
                 source,
             })?;
-        let upstream = Upstream::new(settings)?;
+        let metrics = Arc::new(Metrics::new());
+        let upstream = Upstream::new(settings, metrics.clone())?;
         let json = Arc::new(JsonCache::new(
             settings,
             upstream.clone(),
@@ -131,16 +158,22 @@ impl Server {
         ));
         let blob_store = {
             let (dir, index) = (settings.data_dir.clone(), index.clone());
-            let fetcher = BlobFetcher::new(settings)?;
-            let quota = settings.blob_quota_bytes;
-            tokio::task::spawn_blocking(move || BlobStore::open(&dir, index, fetcher, quota))
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r)
-                .map_err(|source| StartError::DataDir {
-                    path: settings.data_dir.clone(),
-                    source,
-                })?
+            let fetcher = BlobFetcher::new(settings, metrics.clone())?;
+            let limits = StoreLimits {
+                quota: settings.blob_quota_bytes,
+                max_blob: settings.max_blob_bytes,
+            };
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || {
+                BlobStore::open(&dir, index, fetcher, limits, metrics)
+            })
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| StartError::DataDir {
+                path: settings.data_dir.clone(),
+                source,
+            })?
         };
         let downloads = Downloads::new(
             settings,
@@ -165,8 +198,15 @@ impl Server {
         Ok(Server {
             listener,
             tls,
-            app: Arc::new(App::new(settings, upstream, index, json, downloads)),
+            app: Arc::new(App::new(
+                settings, upstream, index, json, downloads, metrics,
+            )),
             max_header_bytes: settings.max_header_bytes,
+            max_connections: settings.max_connections,
+            limits: Limits {
+                header_read: settings.header_read_timeout.0,
+                idle: settings.idle_timeout.0,
+            },
             grace: settings.shutdown_grace.0,
         })
     }
@@ -179,15 +219,18 @@ impl Server {
     /// open connections the grace period to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Header-read and idle limits are the connection guard's (one timer
+        // per connection, and a 408), not hyper's per-request timer.
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_bytes);
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(self.max_connections));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -203,26 +246,45 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = self.max_connections, "connection refused: max_connections reached");
+                if self.tls.is_none() {
+                    tokio::spawn(refuse(stream));
+                }
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let app = self.app.clone();
             let client = ClientInfo {
                 peer: peer.ip(),
                 tls: self.tls.is_some(),
+                route: "",
             };
-            let service = service_fn(move |request| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(request, client).await) }
-            });
+            let state = ConnState::new();
+            let service = {
+                let state = state.clone();
+                service_fn(move |request| {
+                    let app = app.clone();
+                    let in_flight = state.begin();
+                    async move {
+                        let response = app.handle(request, client).await;
+                        Ok::<_, Infallible>(response.map(|b| Tracked::new(b, in_flight)))
+                    }
+                })
+            };
+            let limits = self.limits;
             match &self.tls {
                 None => {
+                    let io = Guarded::new(stream, state, limits, false);
                     let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(io), service)
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 Some(acceptor) => {
@@ -246,21 +308,38 @@ impl Server {
                                     return;
                                 }
                             };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = Guarded::new(stream, state, limits, h2);
+                        let conn = builder.serve_connection(TokioIo::new(io), service);
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
             }
         }
         drop(self.listener);
         tracing::info!(grace = ?self.grace, "shutting down: no new connections");
+        let deadline = tokio::time::Instant::now() + self.grace;
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections finished"),
-            () = tokio::time::sleep(self.grace) => {
+            () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!("grace period over; closing the remaining connections");
             }
+        }
+        // Fills no client waits for any more may still finish within the
+        // grace period; past it they are dropped with the runtime, and their
+        // partial files in tmp/ are cleared at the next start.
+        while self.app.fills_in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    fills = self.app.fills_in_flight(),
+                    "grace period over; unfinished fills discarded"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Err(e) = self.app.index().flush().await {
             tracing::error!(error = %e, "index flush failed");

@@ -8,8 +8,9 @@
 use std::io;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -21,21 +22,32 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::access_log::UpstreamStatus;
 use crate::body::Body;
 use crate::config::Settings;
 use crate::error::MirrorError;
+use crate::metrics::Metrics;
 
 /// `Via` value this proxy adds (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 artifact-mirror";
 
-/// Where the request came from, as far as forwarding headers go.
+/// Where the request came from, as far as forwarding headers go, and the
+/// route it is for (the label of the upstream requests it causes).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
     pub peer: IpAddr,
     /// `http` or `https`: how the client reached the mirror.
     pub tls: bool,
+    pub route: &'static str,
+}
+
+impl ClientInfo {
+    /// The same client, on behalf of another route.
+    pub fn for_route(self, route: &'static str) -> ClientInfo {
+        ClientInfo { route, ..self }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +95,16 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Upstrea
 pub struct BlobFetcher {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl BlobFetcher {
-    pub fn new(settings: &Settings) -> Result<Self, UpstreamSetupError> {
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, UpstreamSetupError> {
         let client = client(settings, true)?;
         Ok(BlobFetcher {
             client,
             timeout: settings.upstream_timeout.0,
+            metrics,
         })
     }
 
@@ -115,15 +129,22 @@ impl BlobFetcher {
             uri.authority().map_or("", |a| a.as_str()),
             uri.path()
         );
-        tokio::time::timeout(self.timeout, self.client.request(request))
+        let started = Instant::now();
+        let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| {
                 format!(
                     "blob store {shown} did not answer within {:?}",
                     self.timeout
                 )
-            })?
-            .map_err(|e| format!("blob store {shown}: {}", describe(&e)))
+            })
+            .and_then(|r| r.map_err(|e| format!("blob store {shown}: {}", describe(&e))));
+        self.metrics.upstream(
+            "blob_store",
+            response.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed().as_secs_f64(),
+        );
+        response
     }
 }
 
@@ -159,10 +180,41 @@ pub struct Upstream {
     host_header: HeaderValue,
     timeout: Duration,
     trust_forwarded: bool,
+    slots: Arc<Slots>,
+    metrics: Arc<Metrics>,
+}
+
+/// The bound on requests to GHES in flight, and on those waiting for one.
+struct Slots {
+    running: Semaphore,
+    waiting: AtomicUsize,
+    queue: usize,
+    /// Longest wait in the queue (the upstream timeout).
+    wait: Duration,
+}
+
+impl Slots {
+    /// A slot, once one is free; `None` when the queue is full already.
+    async fn acquire(&self) -> Option<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.running.try_acquire() {
+            return Some(permit);
+        }
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = if queued < self.queue {
+            tokio::time::timeout(self.wait, self.running.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings) -> Result<Self, UpstreamSetupError> {
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, UpstreamSetupError> {
         let url = &settings.upstream;
         let bad = || UpstreamSetupError::BadUpstream(url.to_string());
         let authority: Authority = url[url::Position::BeforeHost..url::Position::AfterPort]
@@ -179,6 +231,13 @@ impl Upstream {
             host_header,
             timeout: settings.upstream_timeout.0,
             trust_forwarded: settings.trust_forwarded_headers,
+            slots: Arc::new(Slots {
+                running: Semaphore::new(settings.max_upstream_requests),
+                waiting: AtomicUsize::new(0),
+                queue: settings.upstream_queue,
+                wait: settings.upstream_timeout.0,
+            }),
+            metrics,
         })
     }
 
@@ -202,10 +261,36 @@ impl Upstream {
             .append(header::VIA, HeaderValue::from_static(VIA));
 
         let request = Request::from_parts(parts, body);
-        let response = tokio::time::timeout(self.timeout, self.client.request(request))
-            .await
-            .map_err(|_| MirrorError::UpstreamTimeout(self.timeout))?
-            .map_err(|e| MirrorError::UpstreamUnreachable(describe(&e)))?;
+        // The slot is held until upstream's answer head: bodies toward the
+        // client (JSON, small) stream on without one.
+        let Some(_slot) = self.slots.acquire().await else {
+            self.metrics.upstream_rejected();
+            return Err(MirrorError::Overloaded(1));
+        };
+        let started = Instant::now();
+        let response = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let response = match response {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.metrics.upstream(client.route, None, seconds);
+                return Err(MirrorError::UpstreamUnreachable(describe(&e)));
+            }
+            Err(_) => {
+                self.metrics.upstream(client.route, None, seconds);
+                return Err(MirrorError::UpstreamTimeout(self.timeout));
+            }
+        };
+        self.metrics
+            .upstream(client.route, Some(response.status().as_u16()), seconds);
+        if let Some(remaining) = response
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            self.metrics.rate_limit_remaining(remaining);
+        }
 
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);

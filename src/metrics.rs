@@ -1,0 +1,389 @@
+//! Prometheus metrics for `GET /metrics`.
+//!
+//! One [`Metrics`] per server, with its own registry (prometheus-client),
+//! not a process-wide recorder: tests run several mirrors in one process and
+//! each must report exactly its own traffic. No label carries token-derived
+//! data: routes, cache outcomes, status classes and reasons only.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// What the mirror did for a request on a cacheable route; a response
+/// extension read once, where the request is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Answered from a fresh entry (or a young grant) without upstream.
+    Hit,
+    /// Upstream confirmed the entry with a free 304.
+    Revalidated,
+    /// Upstream sent a full answer that was stored.
+    Miss,
+    /// Answered by another request's upstream call or fill.
+    Coalesced,
+    /// Not storable: passed through.
+    Bypass,
+    /// Upstream failed and a stored answer stood in (opt-in).
+    Stale,
+    /// Blob bytes streamed from a fill still in progress.
+    Filling,
+}
+
+impl CacheOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Bypass => "bypass",
+            CacheOutcome::Stale => "stale",
+            CacheOutcome::Filling => "filling",
+        }
+    }
+
+    /// Whether a direct call to GHES would have cost a rate-limit unit the
+    /// mirror did not spend.
+    fn saves_rate_limit(self) -> bool {
+        matches!(
+            self,
+            CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Coalesced
+        )
+    }
+}
+
+/// Why a blob left the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    Quota,
+    Expired,
+    Deleted,
+}
+
+impl Eviction {
+    fn label(self) -> &'static str {
+        match self {
+            Eviction::Quota => "quota",
+            Eviction::Expired => "expired",
+            Eviction::Deleted => "deleted",
+        }
+    }
+}
+
+/// The route an upstream request is made for, carried as a request
+/// extension so the one upstream client can label what it sends.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamRoute(pub &'static str);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
+
+/// Figures read from their owners at scrape time rather than mirrored in
+/// gauges that could drift.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Live {
+    pub store_bytes: u64,
+    pub store_blobs: u64,
+    pub fills_in_flight: u64,
+    pub fill_waiters: u64,
+}
+
+/// Seconds in the window of the lowest `X-RateLimit-Remaining`.
+const WINDOW: u64 = 60;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_rejected: Counter,
+    served_from_store: Counter,
+    fetched_from_upstream: Counter,
+    store_bytes: Gauge,
+    store_blobs: Gauge,
+    evictions: Family<ReasonLabel, Counter>,
+    fills_in_flight: Gauge,
+    fill_waiters: Gauge,
+    rate_limit_saved: Counter,
+    rate_limit_lowest: Family<NoLabels, Gauge>,
+    /// Lowest remaining per second of the last minute: `(second, lowest)`.
+    remaining: Mutex<[(u64, u64); WINDOW as usize]>,
+}
+
+fn upstream_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("artifact_mirror"),
+            requests: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: Family::new_with_constructor(upstream_histogram),
+            upstream_rejected: Counter::default(),
+            served_from_store: Counter::default(),
+            fetched_from_upstream: Counter::default(),
+            store_bytes: Gauge::default(),
+            store_blobs: Gauge::default(),
+            evictions: Family::default(),
+            fills_in_flight: Gauge::default(),
+            fill_waiters: Gauge::default(),
+            rate_limit_saved: Counter::default(),
+            rate_limit_lowest: Family::default(),
+            remaining: Mutex::new([(0, 0); WINDOW as usize]),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "requests",
+            "Requests answered, by route and cache outcome",
+            m.requests.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to GHES or a blob store, by route and status class",
+            m.upstream_requests.clone(),
+        );
+        r.register_with_unit(
+            "upstream_duration",
+            "Time to upstream's response head",
+            Unit::Seconds,
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_rejected",
+            "Requests answered 503 because the upstream concurrency bound and its queue were full",
+            m.upstream_rejected.clone(),
+        );
+        r.register_with_unit(
+            "served_from_store",
+            "Blob bytes sent to clients from the store (or a fill in progress)",
+            Unit::Bytes,
+            m.served_from_store.clone(),
+        );
+        r.register_with_unit(
+            "fetched_from_upstream",
+            "Blob bytes fetched from the blob store",
+            Unit::Bytes,
+            m.fetched_from_upstream.clone(),
+        );
+        r.register_with_unit(
+            "store",
+            "Bytes of blobs in the store",
+            Unit::Bytes,
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "store_blobs",
+            "Artifacts with a stored blob",
+            m.store_blobs.clone(),
+        );
+        r.register(
+            "evictions",
+            "Blobs removed from the store, by reason",
+            m.evictions.clone(),
+        );
+        r.register(
+            "fills_in_flight",
+            "Blob fills under way",
+            m.fills_in_flight.clone(),
+        );
+        r.register(
+            "fill_waiters",
+            "Client responses streaming from a fill in progress",
+            m.fill_waiters.clone(),
+        );
+        r.register(
+            "rate_limit_units_saved",
+            "Calls a direct client would have paid for that the mirror answered with a fresh entry, a free 304 or a shared call",
+            m.rate_limit_saved.clone(),
+        );
+        r.register(
+            "rate_limit_remaining_lowest",
+            "Lowest X-RateLimit-Remaining seen from GHES in the last minute (absent when none)",
+            m.rate_limit_lowest.clone(),
+        );
+        m
+    }
+
+    /// One answered request; `outcome` is `None` on routes without a cache.
+    pub fn request(&self, route: &'static str, outcome: Option<CacheOutcome>) {
+        let cache = outcome.map_or("none", CacheOutcome::label);
+        self.requests
+            .get_or_create(&RequestLabels { route, cache })
+            .inc();
+        if outcome.is_some_and(CacheOutcome::saves_rate_limit) && route != "blob" {
+            self.rate_limit_saved.inc();
+        }
+    }
+
+    /// One upstream answer (or failure: `status` `None`) after `seconds`.
+    pub fn upstream(&self, route: &'static str, status: Option<u16>, seconds: f64) {
+        let status = match status {
+            Some(100..=199) => "1xx",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            _ => "error",
+        };
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels { route, status })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(seconds);
+    }
+
+    pub fn upstream_rejected(&self) {
+        self.upstream_rejected.inc();
+    }
+
+    pub fn served_from_store(&self, bytes: u64) {
+        self.served_from_store.inc_by(bytes);
+    }
+
+    pub fn fetched_from_upstream(&self, bytes: u64) {
+        self.fetched_from_upstream.inc_by(bytes);
+    }
+
+    pub fn evicted(&self, reason: Eviction) {
+        self.evictions
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// Notes an `X-RateLimit-Remaining` value from GHES.
+    pub fn rate_limit_remaining(&self, remaining: u64) {
+        let now = now_secs();
+        let mut window = self.remaining.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut window[(now % WINDOW) as usize];
+        if slot.0 != now {
+            *slot = (now, remaining);
+        } else {
+            slot.1 = slot.1.min(remaining);
+        }
+    }
+
+    fn lowest_remaining(&self) -> Option<u64> {
+        let now = now_secs();
+        let window = self.remaining.lock().unwrap_or_else(|p| p.into_inner());
+        window
+            .iter()
+            .filter(|(at, _)| *at != 0 && now.saturating_sub(*at) < WINDOW)
+            .map(|(_, v)| *v)
+            .min()
+    }
+
+    /// The exposition, OpenMetrics text (Prometheus reads it natively).
+    pub fn render(&self, live: Live) -> String {
+        let gauge = |g: &Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        gauge(&self.store_bytes, live.store_bytes);
+        gauge(&self.store_blobs, live.store_blobs);
+        gauge(&self.fills_in_flight, live.fills_in_flight);
+        gauge(&self.fill_waiters, live.fill_waiters);
+        match self.lowest_remaining() {
+            Some(v) => gauge(&self.rate_limit_lowest.get_or_create(&NoLabels {}), v),
+            None => self.rate_limit_lowest.clear(),
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn counts_by_route_and_outcome_and_saves_only_for_api_routes() {
+        let m = Metrics::new();
+        m.request("list_repo_artifacts", Some(CacheOutcome::Revalidated));
+        m.request("list_repo_artifacts", Some(CacheOutcome::Revalidated));
+        m.request("list_repo_artifacts", Some(CacheOutcome::Miss));
+        m.request("blob", Some(CacheOutcome::Hit));
+        m.request("forward", None);
+        let text = m.render(Live::default());
+        assert_eq!(
+            line(&text, "artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"revalidated\"}"),
+            Some("artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"revalidated\"} 2")
+        );
+        assert!(text.contains("route=\"forward\",cache=\"none\"} 1"));
+        assert!(text.contains("artifact_mirror_rate_limit_units_saved_total 2\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn lowest_remaining_is_absent_until_seen() {
+        let m = Metrics::new();
+        assert!(!m
+            .render(Live::default())
+            .contains("artifact_mirror_rate_limit_remaining_lowest{"));
+        m.rate_limit_remaining(4000);
+        m.rate_limit_remaining(3990);
+        m.rate_limit_remaining(4500);
+        let text = m.render(Live {
+            store_bytes: 10,
+            ..Live::default()
+        });
+        assert!(
+            text.contains("artifact_mirror_rate_limit_remaining_lowest{} 3990\n"),
+            "{text}"
+        );
+        assert!(text.contains("artifact_mirror_store_bytes 10\n"), "{text}");
+    }
+}
