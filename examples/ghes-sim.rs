@@ -3,9 +3,16 @@
 //! ```text
 //! cargo run --example ghes-sim -- [--api 127.0.0.1:9090] [--blob 127.0.0.1:9091]
 //!                                 [--link-ttl SECS] [--rate-limit N] [--no-seed]
+//!                                 [--advertise-host HOST]
 //! ```
 //! Prints the base URL, the fixture tokens and a few curl lines, then serves
-//! until Ctrl-C.
+//! until Ctrl-C (or SIGTERM).
+//!
+//! The listeners are loopback-only unless `--advertise-host` names the host
+//! other machines reach the simulator by (in docker-compose.yml: `--api
+//! 0.0.0.0:9090 --blob 0.0.0.0:9091 --advertise-host ghes-sim`); the API base,
+//! `Link`s, artifact URLs and blob redirects then carry that name, so they
+//! work from another container.
 
 use ghes_sim::fixtures::{
     ADMIN_TOKEN, BAD_TOKEN, OTHER_PRIVATE_REPO, OUTSIDER_TOKEN, PRIVATE_REPO, PUBLIC_REPO,
@@ -16,8 +23,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str =
-    "usage: ghes-sim [--api ADDR] [--blob ADDR] [--link-ttl SECS] [--rate-limit N] [--no-seed]";
+const USAGE: &str = "usage: ghes-sim [--api ADDR] [--blob ADDR] [--link-ttl SECS] \
+                     [--rate-limit N] [--no-seed] [--advertise-host HOST]";
 
 fn parse_args() -> Result<SimConfig, String> {
     let mut cfg = SimConfig::default();
@@ -39,22 +46,62 @@ fn parse_args() -> Result<SimConfig, String> {
                 cfg.rate_limit = n.parse().map_err(|_| format!("bad --rate-limit {n:?}"))?;
             }
             "--no-seed" => cfg.seed_artifacts = false,
+            "--advertise-host" => {
+                cfg.advertise_host = Some(host_name(&value("--advertise-host")?)?);
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    // Loopback only unless asked: the simulator is a test double, not a
+    // server to expose, and a wildcard address in the URLs it hands out
+    // would send clients nowhere.
+    if cfg.advertise_host.is_none() {
+        for a in [cfg.api_addr, cfg.blob_addr] {
+            if !a.ip().is_loopback() {
+                return Err(format!(
+                    "{a} is not a loopback address (add --advertise-host HOST \
+                     to listen there and hand out URLs naming HOST)"
+                ));
+            }
         }
     }
     Ok(cfg)
 }
 
-/// Loopback only: the simulator is a test double, not a server to expose.
 fn addr(s: &str) -> Result<SocketAddr, String> {
-    let a: SocketAddr = s
-        .parse()
-        .map_err(|_| format!("bad address {s:?} (want IP:PORT)"))?;
-    if !a.ip().is_loopback() {
-        return Err(format!("{a} is not a loopback address"));
+    s.parse()
+        .map_err(|_| format!("bad address {s:?} (want IP:PORT)"))
+}
+
+/// A DNS name or IPv4 address: it goes into URLs as is.
+fn host_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with(['-', '.'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("bad --advertise-host {s:?} (want a host name)"))
     }
-    Ok(a)
+}
+
+/// Ctrl-C, or SIGTERM (`docker stop`: as PID 1 in a container the default
+/// action of SIGTERM does not apply, so it has to be handled).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[tokio::main]
@@ -66,6 +113,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let advertise_host = cfg.advertise_host.clone();
     let sim = match Sim::start(cfg).await {
         Ok(sim) => sim,
         Err(e) => {
@@ -75,7 +123,14 @@ async fn main() -> ExitCode {
     };
     let base = sim.api_base();
     println!("GHES simulator (3.19) at {base}");
-    println!("blob storage host at http://{}", sim.blob_addr());
+    let blob = sim.blob_addr();
+    match advertise_host {
+        Some(host) => println!(
+            "blob storage host at http://{host}:{} (listening on {blob})",
+            blob.port()
+        ),
+        None => println!("blob storage host at http://{blob}"),
+    }
     println!();
     println!("tokens:");
     println!("  admin    {ADMIN_TOKEN}   (read + write everywhere)");
@@ -114,7 +169,7 @@ async fn main() -> ExitCode {
     println!();
     println!("Ctrl-C to stop.");
 
-    let _ = tokio::signal::ctrl_c().await;
+    stop_signal().await;
     let c = sim.counters();
     println!(
         "\nserved {} API requests ({} not modified), {} blob GETs, {} blob bytes",

@@ -60,6 +60,12 @@ pub struct SimConfig {
     pub rate_limit: u32,
     /// Populate the fixture repositories (see [`fixtures`]); default true.
     pub seed_artifacts: bool,
+    /// Host name to put in the URLs the simulator hands out (API base,
+    /// `Link`, artifact URLs, blob redirects) instead of the listeners' IP
+    /// addresses; the ports stay the bound ones. For clients that reach the
+    /// simulator by name, e.g. a compose service. Default `None`: the bound
+    /// addresses, as tests expect.
+    pub advertise_host: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -71,6 +77,7 @@ impl Default for SimConfig {
             link_ttl: Duration::from_secs(60),
             rate_limit: 5000,
             seed_artifacts: true,
+            advertise_host: None,
         }
     }
 }
@@ -154,7 +161,8 @@ impl Sim {
         self.state.blob_addr
     }
 
-    /// `http://127.0.0.1:PORT/api/v3`, no trailing slash.
+    /// `http://127.0.0.1:PORT/api/v3` (the advertised host in place of the
+    /// IP when [`SimConfig::advertise_host`] is set), no trailing slash.
     pub fn api_base(&self) -> String {
         self.state.api_base.clone()
     }

@@ -20,6 +20,8 @@ pub(crate) struct State {
     pub api_addr: SocketAddr,
     pub blob_addr: SocketAddr,
     pub api_base: String,
+    /// `host:port` of the blob listener as put in download redirects.
+    pub blob_authority: String,
     pub store: Mutex<Store>,
     /// `rate_limit_used` stays empty here; it is filled from `rate` on snapshot.
     pub counters: Mutex<Counters>,
@@ -39,12 +41,19 @@ impl State {
             api_addr.to_string().as_bytes(),
             std::process::id().to_string().as_bytes(),
         ]);
+        let authority = |addr: SocketAddr| match &cfg.advertise_host {
+            Some(host) => format!("{host}:{}", addr.port()),
+            None => addr.to_string(),
+        };
+        let api_base = format!("http://{}/api/v3", authority(api_addr));
+        let blob_authority = authority(blob_addr);
         State {
             store: Mutex::new(Store::new(cfg.seed_artifacts)),
             cfg,
             api_addr,
             blob_addr,
-            api_base: format!("http://{api_addr}/api/v3"),
+            api_base,
+            blob_authority,
             counters: Mutex::new(Counters::default()),
             rate: Mutex::new(RateLimits::default()),
             knobs: Knobs::default(),

@@ -602,3 +602,46 @@ async fn shutdown_closes_the_listeners() {
     assert!(TcpStream::connect(api).await.is_err());
     assert!(TcpStream::connect(blob).await.is_err());
 }
+
+#[tokio::test]
+async fn advertised_host_names_every_url_it_hands_out() {
+    let sim = Sim::start(SimConfig {
+        advertise_host: Some("ghes-sim.test".into()),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start");
+    let api = format!("http://ghes-sim.test:{}/api/v3", sim.api_addr().port());
+    assert_eq!(sim.api_base(), api);
+
+    let list = get(
+        &sim,
+        &format!("/repos/{PUBLIC_REPO}/actions/artifacts?per_page=1"),
+        None,
+    )
+    .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(
+        list.header("link")
+            .starts_with(&format!("<{api}/repositories/")),
+        "Link names the advertised host: {}",
+        list.header("link")
+    );
+    let first = &list.json()["artifacts"][0];
+    let url = first["url"].as_str().expect("url");
+    assert!(url.starts_with(&format!("{api}/repos/")), "{url}");
+
+    let zip = get(
+        &sim,
+        &format!("/repos/{PUBLIC_REPO}/actions/artifacts/{}/zip", first["id"]),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(zip.status, StatusCode::FOUND);
+    let blob = format!("http://ghes-sim.test:{}/blobs/", sim.blob_addr().port());
+    assert!(
+        zip.header("location").starts_with(&blob),
+        "{}",
+        zip.header("location")
+    );
+}
