@@ -25,7 +25,8 @@
 //!
 //! `BENCH_SECONDS` (default 3, at most 50: a fresh entry lives 60 s),
 //! `BENCH_WARMUP` (default 0.5) and `BENCH_ROUNDS` (default 3) tune a run;
-//! `BENCH_ONLY=1` or `BENCH_ONLY=2` runs one scenario (for profiling).
+//! `BENCH_ONLY=1` or `BENCH_ONLY=2` runs one scenario, and `BENCH_SIDE=candidate`
+//! (or `baseline`) loads one side only (both for profiling).
 //!
 //! Run: `cargo bench --bench json_cache`
 
@@ -284,6 +285,10 @@ struct BenchConfig {
     rounds: usize,
     /// `Some(n)`: run scenario n only.
     only: Option<u8>,
+    /// `BENCH_SIDE=candidate` or `baseline`: load one side only, for a
+    /// profile of it alone (no comparison is printed). `Some(true)`: the
+    /// candidate.
+    side: Option<bool>,
 }
 
 impl BenchConfig {
@@ -306,6 +311,11 @@ impl BenchConfig {
             only: std::env::var("BENCH_ONLY")
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
+            side: match std::env::var("BENCH_SIDE").as_deref() {
+                Ok("candidate") => Some(true),
+                Ok("baseline") => Some(false),
+                _ => None,
+            },
         }
     }
 }
@@ -484,6 +494,9 @@ fn scenario(
     for round in 1..=cfg.rounds {
         for conns in [LATENCY_CONNS, THROUGHPUT_CONNS] {
             for (is_candidate, target) in [(false, baseline), (true, candidate)] {
+                if cfg.side.is_some_and(|side| side != is_candidate) {
+                    continue;
+                }
                 let stats = rt.block_on(run_load(target, conns, cfg, sim));
                 print_row(&round.to_string(), target.name, conns, &stats);
                 results
@@ -492,6 +505,10 @@ fn scenario(
                     .push(stats);
             }
         }
+    }
+    if cfg.side.is_some() {
+        println!("(BENCH_SIDE: one side only, no comparison)");
+        std::process::exit(0);
     }
     let median_of =
         |conns: usize, is_candidate: bool| median_stats(&results[&(conns, is_candidate)]);
