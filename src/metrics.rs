@@ -218,6 +218,14 @@ impl Metrics {
             "Blobs removed from the store, by reason",
             m.evictions.clone(),
         );
+        // Every reason from the start: a dashboard sees 0, not nothing.
+        for reason in [Eviction::Quota, Eviction::Expired, Eviction::Deleted] {
+            m.evictions
+                .get_or_create(&ReasonLabel {
+                    reason: reason.label(),
+                })
+                .inc_by(0);
+        }
         r.register(
             "fills_in_flight",
             "Blob fills under way",
