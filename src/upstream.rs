@@ -25,7 +25,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::access_log::UpstreamStatus;
-use crate::body::Body;
+use crate::body::{Body, StallLimited};
 use crate::config::Settings;
 use crate::error::MirrorError;
 use crate::metrics::Metrics;
@@ -110,11 +110,7 @@ impl BlobFetcher {
 
     /// GET `uri`, from byte `from` on when resuming. Errors are text: they
     /// end up in logs, which must never see the signed query.
-    pub async fn get(
-        &self,
-        uri: &Uri,
-        from: Option<u64>,
-    ) -> Result<Response<hyper::body::Incoming>, String> {
+    pub async fn get(&self, uri: &Uri, from: Option<u64>) -> Result<Response<Body>, String> {
         let mut request = Request::get(uri.clone())
             .header(header::USER_AGENT, "artifact-mirror")
             .body(crate::body::empty())
@@ -144,7 +140,8 @@ impl BlobFetcher {
             response.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed().as_secs_f64(),
         );
-        response
+        let timeout = self.timeout;
+        response.map(|r| r.map(|b| StallLimited::new(b, timeout).boxed()))
     }
 }
 
@@ -301,7 +298,7 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         Ok(Response::from_parts(
             parts,
-            body.map_err(Into::into).boxed(),
+            StallLimited::new(body, self.timeout).boxed(),
         ))
     }
 

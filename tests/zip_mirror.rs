@@ -314,6 +314,28 @@ async fn a_cut_transfer_resumes_with_range() {
 }
 
 #[tokio::test]
+async fn a_stalled_blob_store_is_resumed_after_the_upstream_timeout() {
+    // The stall lasts a minute; the test's own limit (TIMEOUT) is shorter,
+    // so only the mirror giving up on the silent body lets it pass.
+    let h = Harness::start_with(|l| l.upstream_timeout = Some("1s".parse().unwrap())).await;
+    let art = artifact(&h, PUBLIC_REPO, 300_000, true);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    h.sim.knobs().stall_blob_after(100_000, 1);
+    let (_, blob) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
+    let blob = blob.unwrap();
+    assert_eq!(blob.status, StatusCode::OK);
+    assert_eq!(blob.body, zip);
+    until_stored(&h, 1).await;
+    let ranges: Vec<Option<String>> = h
+        .sim
+        .blob_requests()
+        .iter()
+        .map(|r| r.header("range").map(str::to_owned))
+        .collect();
+    assert_eq!(ranges, vec![None, Some("bytes=100000-".into())]);
+}
+
+#[tokio::test]
 async fn a_transfer_that_cannot_finish_stores_nothing_and_the_next_one_works() {
     let h = Harness::start().await;
     let art = artifact(&h, PUBLIC_REPO, 300_000, false);

@@ -160,14 +160,15 @@ pub(crate) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<R
     }
     // Both bounds are within the zip (checked by parse_range), so these casts fit.
     let data = zip.slice(start as usize..end as usize);
-    let cut = st
-        .knobs
-        .take_cut()
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let (cut, pause) = match st.knobs.take_cut() {
+        Some((n, pause)) => (Some(usize::try_from(n).unwrap_or(usize::MAX)), pause),
+        None => (None, Duration::ZERO),
+    };
     let body = ZipBody {
         data,
         pos: 0,
         cut,
+        pause,
         stall: None,
         st,
     };
@@ -327,8 +328,9 @@ struct ZipBody {
     /// Body bytes to send before failing the stream (which makes hyper drop
     /// the connection, leaving the client short of `Content-Length`).
     cut: Option<usize>,
-    /// A short pause before the cut so hyper flushes the headers and the
-    /// bytes already sent: the client must see a started, truncated answer.
+    /// How long the body stays silent before the cut (short for a cut, long
+    /// for a stall).
+    pause: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     st: Arc<State>,
 }
@@ -348,9 +350,10 @@ impl Body for ZipBody {
             if this.cut.is_none() || this.pos >= len {
                 return Poll::Ready(None);
             }
+            let pause = this.pause;
             let stall = this
                 .stall
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
             if stall.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }

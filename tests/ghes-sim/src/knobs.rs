@@ -5,14 +5,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// A short pause before an injected cut, so hyper flushes the headers and
+/// the bytes already sent: the client sees a started, truncated answer.
+const CUT_PAUSE: Duration = Duration::from_millis(50);
+
 /// Run-time fault injection. All methods take `&self`.
 #[derive(Debug, Default)]
 pub struct Knobs {
     latency_nanos: AtomicU64,
     /// (remaining count, status)
     fail: Mutex<(u32, u16)>,
-    /// (body bytes before the cut, remaining count)
-    cut: Mutex<(u64, u32)>,
+    /// (body bytes before the cut, remaining count, pause before the cut)
+    cut: Mutex<(u64, u32, Duration)>,
     /// Remaining resumed (`Range`) blob GETs to refuse as expired.
     expire_on_resume: Mutex<u32>,
 }
@@ -34,7 +38,14 @@ impl Knobs {
     /// headers as usual (with the full `Content-Length`), then drop the
     /// connection after `bytes` body bytes.
     pub fn cut_blob_after(&self, bytes: u64, times: u32) {
-        *lock(&self.cut) = (bytes, times);
+        *lock(&self.cut) = (bytes, times, CUT_PAUSE);
+    }
+
+    /// Like [`Knobs::cut_blob_after`], but after `bytes` the body stalls: the
+    /// connection stays open and silent for a minute before it is cut, as a
+    /// hung blob store does.
+    pub fn stall_blob_after(&self, bytes: u64, times: u32) {
+        *lock(&self.cut) = (bytes, times, Duration::from_secs(60));
     }
 
     /// The next `n` blob GETs that carry a `Range` (a client resuming) are
@@ -76,12 +87,13 @@ impl Knobs {
         take
     }
 
-    /// Takes one injected cut, if any are left: the byte count to send.
-    pub(crate) fn take_cut(&self) -> Option<u64> {
+    /// Takes one injected cut, if any are left: the byte count to send and
+    /// the pause before cutting.
+    pub(crate) fn take_cut(&self) -> Option<(u64, Duration)> {
         let mut c = lock(&self.cut);
         (c.1 > 0).then(|| {
             c.1 -= 1;
-            c.0
+            (c.0, c.2)
         })
     }
 }
