@@ -48,6 +48,10 @@ pub struct Facts {
     pub sha256: Option<String>,
     /// Unix seconds.
     pub expires_at: Option<u64>,
+    /// The repository it was seen under, as the JSON cache keys it
+    /// (`n:owner/name` or `i:id`), so `cache purge --repo` can find it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }
 
 impl Facts {
@@ -77,6 +81,7 @@ impl Facts {
                 size: artifact.get("size_in_bytes").and_then(|s| s.as_u64()),
                 sha256,
                 expires_at,
+                repo: None,
             },
         ))
     }
@@ -91,6 +96,10 @@ pub struct BlobRecord {
     pub expires_at: Option<u64>,
     /// Unix seconds.
     pub stored_at: u64,
+    /// The repository of the download that stored it (`n:owner/name` or
+    /// `i:id`); absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }
 
 /// Where a fill stands; watched by every client reading it.
@@ -442,6 +451,7 @@ impl BlobStore {
                     name: name.unwrap_or_else(|| format!("artifact-{artifact}")),
                     expires_at: facts.expires_at,
                     stored_at: now_secs(),
+                    repo: facts.repo.clone(),
                 });
             }
             last_error = cut
