@@ -102,6 +102,15 @@ pub struct BlobRecord {
     pub repo: Option<String>,
 }
 
+/// Artifacts whose blobs [`BlobStore::enforce_quota`] dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Past their `expires_at`.
+    pub expired: Vec<u64>,
+    /// Least recently used, past the quota.
+    pub evicted: Vec<u64>,
+}
+
 /// Where a fill stands; watched by every client reading it.
 #[derive(Debug, Clone, Default)]
 pub struct FillState {
@@ -148,7 +157,8 @@ pub struct BlobStore {
 
 impl BlobStore {
     /// Opens the store under `data_dir`: empties `tmp/`, drops records
-    /// whose file is gone and files no record names.
+    /// whose file is gone, rebuilds records from sidecars and removes files
+    /// that neither names (see [`crate::repair`]).
     pub fn open(
         data_dir: &Path,
         index: Index,
@@ -169,28 +179,14 @@ impl BlobStore {
             stored_bytes: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
         };
-        let mut named = std::collections::HashSet::new();
-        let mut total = 0;
-        for (id, record) in store.records().map_err(io::Error::other)? {
-            if store.path_of(&record.sha256).is_file() {
-                total += record.size;
-                named.insert(record.sha256);
-            } else {
-                store.index.blob_remove(id).map_err(io::Error::other)?;
-            }
+        // Files a record or a sidecar names are kept (missing records are
+        // rebuilt from sidecars: a lost index must not empty the store).
+        let report =
+            crate::repair::reconcile(data_dir, &store.index, false).map_err(io::Error::other)?;
+        if report.changed_anything() {
+            tracing::info!(?report, "blob store reconciled with its index");
         }
-        for shard in std::fs::read_dir(data_dir.join("blobs").join("sha256"))? {
-            for file in std::fs::read_dir(shard?.path())? {
-                let path = file?.path();
-                let known = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| named.contains(n));
-                if !known {
-                    std::fs::remove_file(&path)?;
-                }
-            }
-        }
+        let total = report.stored_bytes;
         store.stored_bytes.store(total, Ordering::Relaxed);
         Ok(store)
     }
@@ -199,7 +195,8 @@ impl BlobStore {
         self.stored_bytes.load(Ordering::Relaxed)
     }
 
-    fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
+    /// Every readable blob record.
+    pub fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
         Ok(self
             .index
             .blob_records()?
@@ -272,8 +269,18 @@ impl BlobStore {
             .records()
             .map(|all| all.iter().any(|(_, r)| r.sha256 == record.sha256))
             .unwrap_or(true);
+        let path = self.path_of(&record.sha256);
+        // The sidecar follows the record, so a rebuild cannot bring it back.
+        let sidecar = if shared {
+            crate::sidecar::forget(&path, &self.dir.join("tmp"), artifact)
+        } else {
+            crate::sidecar::remove(&path)
+        };
+        if let Err(e) = sidecar {
+            tracing::warn!(error = %e, "blob sidecar not updated");
+        }
         if !shared {
-            if let Err(e) = std::fs::remove_file(self.path_of(&record.sha256)) {
+            if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %e, "blob file not removed");
             }
         }
@@ -483,22 +490,31 @@ impl BlobStore {
                 let _ = dir.sync_all().await;
             }
         }
+        // The sidecar before the record: the file stays recoverable should
+        // the index be lost. Without it the blob is still whole and
+        // recorded (the next start writes the sidecar), so only warn.
+        if let Err(e) = crate::sidecar::add(&path, &self.dir.join("tmp"), artifact, &record) {
+            tracing::warn!(artifact, error = %e, "blob sidecar not written");
+        }
         let encoded = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         self.index
             .blob_put(artifact, &encoded, now_ms())
             .map_err(|e| e.to_string())?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
-        self.enforce_quota();
+        let _ = self.enforce_quota();
         Ok(record)
     }
 
-    /// Evicts least recently used blobs past the quota, and expired ones.
-    fn enforce_quota(&self) {
+    /// Evicts least recently used blobs past the quota, and expired ones;
+    /// returns what went (`cache gc` reports it).
+    pub fn enforce_quota(&self) -> Swept {
+        let mut swept = Swept::default();
         if let Ok(records) = self.records() {
             let now = now_secs();
             for (id, r) in records {
                 if r.expires_at.is_some_and(|t| t <= now) {
                     self.remove(id);
+                    swept.expired.push(id);
                 }
             }
         }
@@ -511,10 +527,12 @@ impl BlobStore {
                 Ok(Some(id)) => {
                     tracing::info!(artifact = id, "blob evicted (quota)");
                     self.remove(id);
+                    swept.evicted.push(id);
                 }
                 _ => break,
             }
         }
+        swept
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Fill>>> {
