@@ -2,6 +2,7 @@
 //! Actions artifacts API. See `README.md` and the design notes it links.
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod blobs;
 pub mod body;
