@@ -49,6 +49,10 @@ pub struct Facts {
     pub sha256: Option<String>,
     /// Unix seconds.
     pub expires_at: Option<u64>,
+    /// The repository it was seen under, as the JSON cache keys it
+    /// (`n:owner/name` or `i:id`), so `cache purge --repo` can find it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }
 
 impl Facts {
@@ -78,6 +82,7 @@ impl Facts {
                 size: artifact.get("size_in_bytes").and_then(|s| s.as_u64()),
                 sha256,
                 expires_at,
+                repo: None,
             },
         ))
     }
@@ -92,6 +97,19 @@ pub struct BlobRecord {
     pub expires_at: Option<u64>,
     /// Unix seconds.
     pub stored_at: u64,
+    /// The repository of the download that stored it (`n:owner/name` or
+    /// `i:id`); absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+}
+
+/// Artifacts whose blobs [`BlobStore::enforce_quota`] dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Past their `expires_at`.
+    pub expired: Vec<u64>,
+    /// Least recently used, past the quota.
+    pub evicted: Vec<u64>,
 }
 
 /// Where a fill stands; watched by every client reading it.
@@ -181,7 +199,8 @@ pub struct BlobStore {
 
 impl BlobStore {
     /// Opens the store under `data_dir`: empties `tmp/`, drops records
-    /// whose file is gone and files no record names.
+    /// whose file is gone, rebuilds records from sidecars and removes files
+    /// that neither names (see [`crate::repair`]).
     pub fn open(
         data_dir: &Path,
         index: Index,
@@ -206,31 +225,17 @@ impl BlobStore {
             fills: Mutex::new(HashMap::new()),
             metrics,
         };
-        let mut count = 0;
-        let mut named = std::collections::HashSet::new();
-        let mut total = 0;
-        for (id, record) in store.records().map_err(io::Error::other)? {
-            if store.path_of(&record.sha256).is_file() {
-                total += record.size;
-                count += 1;
-                named.insert(record.sha256);
-            } else {
-                store.index.blob_remove(id).map_err(io::Error::other)?;
-            }
+        // Files a record or a sidecar names are kept (missing records are
+        // rebuilt from sidecars: a lost index must not empty the store).
+        let report =
+            crate::repair::reconcile(data_dir, &store.index, false).map_err(io::Error::other)?;
+        if report.changed_anything() {
+            tracing::info!(?report, "blob store reconciled with its index");
         }
-        for shard in std::fs::read_dir(data_dir.join("blobs").join("sha256"))? {
-            for file in std::fs::read_dir(shard?.path())? {
-                let path = file?.path();
-                let known = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| named.contains(n));
-                if !known {
-                    std::fs::remove_file(&path)?;
-                }
-            }
-        }
-        store.stored_bytes.store(total, Ordering::Relaxed);
+        let count = store.records().map_or(0, |r| r.len() as u64);
+        store
+            .stored_bytes
+            .store(report.stored_bytes, Ordering::Relaxed);
         store.stored_blobs.store(count, Ordering::Relaxed);
         Ok(store)
     }
@@ -253,7 +258,8 @@ impl BlobStore {
         }
     }
 
-    fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
+    /// Every readable blob record.
+    pub fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
         Ok(self
             .index
             .blob_records()?
@@ -332,8 +338,18 @@ impl BlobStore {
             .records()
             .map(|all| all.iter().any(|(_, r)| r.sha256 == record.sha256))
             .unwrap_or(true);
+        let path = self.path_of(&record.sha256);
+        // The sidecar follows the record, so a rebuild cannot bring it back.
+        let sidecar = if shared {
+            crate::sidecar::forget(&path, &self.dir.join("tmp"), artifact)
+        } else {
+            crate::sidecar::remove(&path)
+        };
+        if let Err(e) = sidecar {
+            tracing::warn!(error = %e, "blob sidecar not updated");
+        }
         if !shared {
-            if let Err(e) = std::fs::remove_file(self.path_of(&record.sha256)) {
+            if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %e, "blob file not removed");
             }
         }
@@ -526,6 +542,7 @@ impl BlobStore {
                     name: name.unwrap_or_else(|| format!("artifact-{artifact}")),
                     expires_at: facts.expires_at,
                     stored_at: now_secs(),
+                    repo: facts.repo.clone(),
                 });
             }
             last_error = cut
@@ -557,23 +574,32 @@ impl BlobStore {
                 let _ = dir.sync_all().await;
             }
         }
+        // The sidecar before the record: the file stays recoverable should
+        // the index be lost. Without it the blob is still whole and
+        // recorded (the next start writes the sidecar), so only warn.
+        if let Err(e) = crate::sidecar::add(&path, &self.dir.join("tmp"), artifact, &record) {
+            tracing::warn!(artifact, error = %e, "blob sidecar not written");
+        }
         let encoded = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         self.index
             .blob_put(artifact, &encoded, now_ms())
             .map_err(|e| e.to_string())?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
         self.stored_blobs.fetch_add(1, Ordering::Relaxed);
-        self.enforce_quota();
+        let _ = self.enforce_quota();
         Ok(record)
     }
 
-    /// Evicts least recently used blobs past the quota, and expired ones.
-    fn enforce_quota(&self) {
+    /// Evicts least recently used blobs past the quota, and expired ones;
+    /// returns what went (`cache gc` reports it).
+    pub fn enforce_quota(&self) -> Swept {
+        let mut swept = Swept::default();
         if let Ok(records) = self.records() {
             let now = now_secs();
             for (id, r) in records {
                 if r.expires_at.is_some_and(|t| t <= now) {
                     self.remove(id, Eviction::Expired);
+                    swept.expired.push(id);
                 }
             }
         }
@@ -586,10 +612,12 @@ impl BlobStore {
                 Ok(Some(id)) => {
                     tracing::info!(artifact = id, "blob evicted (quota)");
                     self.remove(id, Eviction::Quota);
+                    swept.evicted.push(id);
                 }
                 _ => break,
             }
         }
+        swept
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Fill>>> {

@@ -168,7 +168,8 @@ impl Downloads {
                     Some(Available::Stored(..)) => "HIT",
                     Some(Available::Filling(_)) => "COALESCED",
                     None => {
-                        let facts = self.facts(artifact);
+                        let mut facts = self.facts(artifact);
+                        facts.repo = Some(crate::meta::repo_id(repo));
                         let relocate = self.relocator(path, authorization, client);
                         let (_, joined) = self.blobs.fill(artifact, location, facts, relocate);
                         if joined {

@@ -18,6 +18,47 @@ pub struct IndexOpenError {
     source: sled::Error,
 }
 
+impl IndexOpenError {
+    /// Whether the open failed because another process (or another open in
+    /// this one) holds the index's file lock, as opposed to a damaged or
+    /// unreadable index: the admin commands then name the holder instead of
+    /// suggesting a repair.
+    pub fn is_locked(&self) -> bool {
+        // sled reports a held lock as a plain I/O error with this text.
+        match &self.source {
+            sled::Error::Io(e) => e.to_string().contains("could not acquire lock"),
+            _ => false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What `cache stats` reports of the index. Times are Unix milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub json_entries: u64,
+    pub json_bytes: u64,
+    /// Least and most recently validated cached JSON.
+    pub json_validated: Option<(u64, u64)>,
+    pub blob_records: u64,
+    /// Least and most recently used blob.
+    pub blob_used: Option<(u64, u64)>,
+    pub grants: u64,
+    pub facts: u64,
+}
+
+/// How many records `Index::clear_all` dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleared {
+    pub json_entries: u64,
+    pub grants: u64,
+    pub facts: u64,
+    pub blob_records: u64,
+}
+
 /// Cached JSON lives in three trees: `json_meta` (key → last-validated
 /// time + policy and headers, rewritten on every revalidation, so small),
 /// `json_body` (key → body, written only when upstream sends a new one) and
@@ -235,12 +276,16 @@ impl Index {
             .map(|_| ())
     }
 
-    /// Ends every credential's grant for an artifact (deleted or expired).
-    pub fn grants_remove_artifact(&self, artifact: u64) -> Result<(), sled::Error> {
+    /// Ends every credential's grant for an artifact (deleted or expired);
+    /// returns how many there were.
+    pub fn grants_remove_artifact(&self, artifact: u64) -> Result<u64, sled::Error> {
+        let mut removed = 0;
         for key in self.grants.scan_prefix(artifact.to_be_bytes()).keys() {
-            self.grants.remove(key?)?;
+            if self.grants.remove(key?)?.is_some() {
+                removed += 1;
+            }
         }
-        Ok(())
+        Ok(removed)
     }
 
     pub fn facts_put(&self, artifact: u64, facts: &[u8]) -> Result<(), sled::Error> {
@@ -249,6 +294,20 @@ impl Index {
 
     pub fn facts_get(&self, artifact: u64) -> Result<Option<IVec>, sled::Error> {
         self.facts.get(artifact.to_be_bytes())
+    }
+
+    /// Every artifact's facts, for `cache purge --repo` (facts name the
+    /// repository they were learned from).
+    pub fn facts_all(&self) -> Result<Vec<(u64, IVec)>, sled::Error> {
+        self.facts
+            .iter()
+            .map(|item| item.map(|(k, v)| (u64_key(&k), v)))
+            .collect()
+    }
+
+    /// Returns whether there were facts to drop.
+    pub fn facts_remove(&self, artifact: u64) -> Result<bool, sled::Error> {
+        Ok(self.facts.remove(artifact.to_be_bytes())?.is_some())
     }
 
     pub fn blob_get(&self, artifact: u64) -> Result<Option<IVec>, sled::Error> {
@@ -295,6 +354,65 @@ impl Index {
             .blob_lru
             .first()?
             .map(|(k, _)| u64_key(&split_stamp(&k).1)))
+    }
+
+    /// Counts for `cache stats`. Walks the JSON and grant trees (a few
+    /// hundred bytes per record), which is fine for an operator's command
+    /// and why the server never calls it.
+    pub fn stats(&self) -> Result<IndexStats, sled::Error> {
+        let bounds = |tree: &sled::Tree| -> Result<Option<(u64, u64)>, sled::Error> {
+            Ok(match (tree.first()?, tree.last()?) {
+                (Some((first, _)), Some((last, _))) => {
+                    Some((split_stamp(&first).0, split_stamp(&last).0))
+                }
+                _ => None,
+            })
+        };
+        Ok(IndexStats {
+            json_entries: self.json_meta.len() as u64,
+            json_bytes: self.json_bytes(),
+            json_validated: bounds(&self.json_lru)?,
+            blob_records: self.blobs.len() as u64,
+            blob_used: bounds(&self.blob_lru)?,
+            grants: self.grants.len() as u64,
+            facts: self.facts.len() as u64,
+        })
+    }
+
+    /// Empties every cache tree: JSON (and the repository aliases learned
+    /// from it), grants, facts and blob records. The caller removes the blob
+    /// files and their sidecars first, so a crash half way leaves records
+    /// without files (dropped at the next start), never files a rebuild
+    /// would bring back.
+    pub fn clear_all(&self) -> Result<Cleared, sled::Error> {
+        let cleared = Cleared {
+            json_entries: self.json_meta.len() as u64,
+            grants: self.grants.len() as u64,
+            facts: self.facts.len() as u64,
+            blob_records: self.blobs.len() as u64,
+        };
+        for tree in [
+            &self.json_meta,
+            &self.json_body,
+            &self.json_lru,
+            &self.aliases,
+            &self.grants,
+            &self.facts,
+            &self.blobs,
+            &self.blob_access,
+            &self.blob_lru,
+        ] {
+            tree.clear()?;
+        }
+        self.json_bytes.store(0, Ordering::Relaxed);
+        self.db.flush()?;
+        Ok(cleared)
+    }
+
+    /// Writes everything to disk before an admin command exits (the server
+    /// flushes at shutdown; a command has no shutdown of its own).
+    pub fn flush_now(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
     }
 
     /// Writes and reads back a record: what `/readyz` means by "index open".
@@ -358,6 +476,50 @@ mod tests {
             panic!("a second open must fail while the first holds the lock");
         };
         assert!(e.to_string().contains("another artifact-mirror"), "{e}");
+        assert!(e.is_locked(), "{e:?}");
+        drop(index);
+        // A damaged index is not a held lock.
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let Err(e) = Index::open(&file, 1 << 20) else {
+            panic!("a file is no index");
+        };
+        assert!(!e.is_locked(), "{e:?}");
+    }
+
+    #[test]
+    fn stats_count_and_clear_all_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(index.stats().unwrap(), IndexStats::default());
+        index.json_put(b"a", 100, b"m", Some(b"body")).unwrap();
+        index.json_put(b"b", 300, b"m", Some(b"body")).unwrap();
+        index.grant_put(7, b"cred", 1).unwrap();
+        index.grant_put(7, b"other", 1).unwrap();
+        index.grant_put(8, b"cred", 1).unwrap();
+        index.facts_put(7, b"{}").unwrap();
+        index.blob_put(7, b"{}", 50).unwrap();
+        index.blob_put(8, b"{}", 70).unwrap();
+        let stats = index.stats().unwrap();
+        assert_eq!(stats.json_entries, 2);
+        assert_eq!(stats.json_bytes, 2 * (8 + 1 + 4));
+        assert_eq!(stats.json_validated, Some((100, 300)));
+        assert_eq!((stats.blob_records, stats.blob_used), (2, Some((50, 70))));
+        assert_eq!((stats.grants, stats.facts), (3, 1));
+        assert_eq!(index.grants_remove_artifact(7).unwrap(), 2);
+        assert!(index.facts_remove(7).unwrap());
+        assert!(!index.facts_remove(7).unwrap());
+        let cleared = index.clear_all().unwrap();
+        assert_eq!(
+            cleared,
+            Cleared {
+                json_entries: 2,
+                grants: 1,
+                facts: 0,
+                blob_records: 2
+            }
+        );
+        assert_eq!(index.stats().unwrap(), IndexStats::default());
     }
 
     #[test]

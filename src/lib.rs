@@ -2,6 +2,7 @@
 //! Actions artifacts API. See `README.md` and the design notes it links.
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod blobs;
 pub mod body;
@@ -15,8 +16,10 @@ pub mod health;
 pub mod index;
 pub mod meta;
 pub mod metrics;
+pub mod repair;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod sidecar;
 pub mod signing;
 pub mod upstream;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use artifact_mirror::admin::{self, CacheCommand, ServerFile};
 use artifact_mirror::config::{ConfigArgs, Settings};
 use artifact_mirror::server::Server;
 
@@ -19,6 +20,12 @@ enum Command {
     Serve(ConfigArgs),
     /// Print the effective settings, or say which one is wrong (exit status 2).
     CheckConfig(ConfigArgs),
+    /// Inspect and maintain the cache of a stopped server: stats, purge,
+    /// verify, gc (exit status 2 for bad input, 1 when it cannot finish).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,6 +40,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Cache { command } => {
+            init_admin_log();
+            admin::run(command)
+        }
         Command::CheckConfig(args) => match args.load() {
             Ok(settings) => {
                 print!("{}", settings.to_toml());
@@ -73,9 +84,12 @@ async fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = server
-        .local_addr()
-        .map_or_else(|_| settings.listen.to_string(), |a| a.to_string());
+    let bound = server.local_addr().unwrap_or(settings.listen);
+    let addr = bound.to_string();
+    // Names this process to admin commands stopped by the index lock.
+    if let Err(e) = ServerFile::new(bound, settings.tls_cert.is_some()).write(&settings.data_dir) {
+        tracing::warn!(error = %e, "server.json not written");
+    }
     tracing::info!(
         listen = %addr,
         upstream = %settings.upstream,
@@ -97,8 +111,22 @@ async fn serve(settings: Settings) -> ExitCode {
             });
         })
         .await;
+    if let Err(e) = ServerFile::remove_if_ours(&settings.data_dir) {
+        tracing::warn!(error = %e, "server.json not removed");
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Warnings of the store (a file that could not be removed…) reach the
+/// operator on stderr; the command's own report goes to stdout.
+fn init_admin_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// clap names the flag of a bad value even when the value came from the

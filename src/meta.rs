@@ -349,12 +349,27 @@ fn repo_prefix(repo: &RepoRef) -> Vec<u8> {
     prefix
 }
 
+/// The key prefixes of a repository's cached JSON: its own form's and, when
+/// known, the other path form's (`/repos/o/n` ↔ `/repositories/id`). Shared
+/// by a DELETE's purge and `cache purge --repo`.
+pub fn repo_prefixes(index: &Index, repo: &RepoRef) -> Result<Vec<Vec<u8>>, sled::Error> {
+    let mut prefixes = vec![repo_prefix(repo)];
+    if let Some(alias) = index.alias_get(repo_id(repo).as_bytes())? {
+        let mut prefix = alias.to_vec();
+        prefix.push(0);
+        prefixes.push(prefix);
+    }
+    Ok(prefixes)
+}
+
 fn push_repo_prefix(out: &mut Vec<u8>, repo: &RepoRef) {
     push_repo_id(out, repo);
     out.push(0);
 }
 
-fn repo_id(repo: &RepoRef) -> String {
+/// `n:owner/name` or `i:id`: how the cache names a repository (its keys,
+/// aliases, and the `repo` of facts and blob records).
+pub fn repo_id(repo: &RepoRef) -> String {
     let mut id = Vec::new();
     push_repo_id(&mut id, repo);
     String::from_utf8(id).expect("repository ids are built from strings")
@@ -686,16 +701,12 @@ impl JsonCache {
     /// Drops every cached answer of a repository, for every credential and
     /// under both of its path forms (when the other form is known).
     pub fn purge_repo(&self, repo: &RepoRef) {
-        let id = repo_id(repo);
-        self.store.remove_prefix(repo_prefix(repo));
-        match self.store.index.alias_get(id.as_bytes()) {
-            Ok(Some(alias)) => {
-                let mut prefix = alias.to_vec();
-                prefix.push(0);
-                self.store.remove_prefix(prefix);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "repository alias lookup failed"),
+        let prefixes = repo_prefixes(&self.store.index, repo).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "repository alias lookup failed");
+            vec![repo_prefix(repo)]
+        });
+        for prefix in prefixes {
+            self.store.remove_prefix(prefix);
         }
     }
 
@@ -875,7 +886,9 @@ impl JsonCache {
             Some(list) => list.iter().collect(),
             None => vec![&json],
         };
-        for (id, facts) in artifacts.iter().filter_map(|a| Facts::from_artifact(a)) {
+        let own = repo_id(route_repo(route));
+        for (id, mut facts) in artifacts.iter().filter_map(|a| Facts::from_artifact(a)) {
+            facts.repo = Some(own.clone());
             let stored = serde_json::to_vec(&facts)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
@@ -910,7 +923,6 @@ impl JsonCache {
             return;
         };
         let (a, b) = (repo_id(&named), repo_id(&RepoRef::Id(id)));
-        let own = repo_id(route_repo(route));
         if own != a && own != b {
             return; // The body names another repository (a fork's run).
         }

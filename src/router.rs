@@ -208,6 +208,20 @@ fn in_space(rest: &[&str]) -> bool {
     matches!(rest, ["artifacts", ..] | ["runs", _, "artifacts", ..])
 }
 
+/// `owner/name` as an operator types it (`cache purge --repo`), held to the
+/// same rules as a path, so the command finds exactly what requests stored.
+pub fn parse_full_name(s: &str) -> Result<RepoRef, RouteError> {
+    let (owner, name) = s
+        .split_once('/')
+        .ok_or_else(|| RouteError::BadRepo(echo(s)))?;
+    named_repo(owner, name)
+}
+
+/// An artifact id as an operator types it, held to the rules of a path.
+pub fn parse_artifact_id(s: &str) -> Result<u64, RouteError> {
+    parse_id("artifact id", s)
+}
+
 fn named_repo(owner: &str, name: &str) -> Result<RepoRef, RouteError> {
     let owner_ok = valid_name(owner, |b| {
         b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
@@ -430,5 +444,20 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn operator_input_is_held_to_the_path_rules() {
+        assert_eq!(
+            parse_full_name("Octo-Org/app.js"),
+            Ok(named("Octo-Org", "app.js"))
+        );
+        for bad in ["octo", "/app", "octo/", "a/b/c", "o o/r", "../x"] {
+            assert!(parse_full_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_artifact_id("42"), Ok(42));
+        for bad in ["0", "-1", "x", "", "18446744073709551616", "+5"] {
+            assert!(parse_artifact_id(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -50,7 +50,8 @@ async fn download(h: &Harness, repo: &str, id: u64, token: Option<&str>) -> (Rep
     (first, Some(blob))
 }
 
-/// Whether any stored blob file exists under the data dir.
+/// How many stored blob files exist under the data dir (their `.json`
+/// sidecars not counted).
 fn stored_files(h: &Harness) -> usize {
     let root = h.data_dir.path().join("blobs").join("sha256");
     std::fs::read_dir(root)
@@ -58,10 +59,14 @@ fn stored_files(h: &Harness) -> usize {
             shards
                 .filter_map(Result::ok)
                 .filter_map(|s| std::fs::read_dir(s.path()).ok())
-                .map(|files| files.count())
+                .map(|files| files.filter_map(Result::ok).filter(is_blob).count())
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn is_blob(entry: &std::fs::DirEntry) -> bool {
+    entry.path().extension().is_none()
 }
 
 /// Waits (bounded) until this zip is stored and `count` files are.
@@ -205,7 +210,7 @@ async fn concurrent_cold_downloads_make_one_fetch_and_stream_as_it_arrives() {
                 .map(|d| {
                     d.filter_map(Result::ok).any(|s| {
                         std::fs::read_dir(s.path())
-                            .map(|f| f.count() > 0)
+                            .map(|f| f.filter_map(Result::ok).any(|e| is_blob(&e)))
                             .unwrap_or(false)
                     })
                 })
