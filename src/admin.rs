@@ -219,6 +219,7 @@ fn open_store(settings: &Settings) -> Result<(Index, BlobStore, String), AdminEr
     let limits = StoreLimits {
         quota: settings.blob_quota_bytes,
         max_blob: settings.max_blob_bytes,
+        linger: settings.blob_url_ttl.0,
     };
     let store = BlobStore::open(&settings.data_dir, index.clone(), fetcher, limits, metrics)
         .map_err(AdminError::Store)?;

@@ -183,6 +183,9 @@ pub struct StoreLimits {
     pub quota: u64,
     /// Largest blob kept; larger ones are streamed to their clients only.
     pub max_blob: u64,
+    /// How long a finished blob that is not kept stays servable: the
+    /// lifetime of the signed URLs that point at it.
+    pub linger: Duration,
 }
 
 pub struct BlobStore {
@@ -191,6 +194,7 @@ pub struct BlobStore {
     fetcher: BlobFetcher,
     quota: u64,
     max_blob: u64,
+    linger: Duration,
     stored_bytes: AtomicU64,
     stored_blobs: AtomicU64,
     fills: Mutex<HashMap<u64, Arc<Fill>>>,
@@ -220,6 +224,7 @@ impl BlobStore {
             fetcher,
             quota: limits.quota,
             max_blob: limits.max_blob.min(limits.quota),
+            linger: limits.linger,
             stored_bytes: AtomicU64::new(0),
             stored_blobs: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
@@ -250,7 +255,10 @@ impl BlobStore {
         Live {
             store_bytes: self.stored_bytes(),
             store_blobs: self.stored_blobs.load(Ordering::Relaxed),
-            fills_in_flight: fills.len() as u64,
+            fills_in_flight: fills
+                .values()
+                .filter(|f| f.state.borrow().outcome.is_none())
+                .count() as u64,
             fill_waiters: fills
                 .values()
                 .map(|f| f.readers.load(Ordering::Relaxed))
@@ -408,12 +416,19 @@ impl BlobStore {
                 Ok(record) => store.keep(artifact, &tmp, record).await,
                 Err(e) => Err(e),
             };
+            let transient = detached.transient.load(Ordering::Relaxed);
             drop(detached);
             if let Err(e) = &outcome {
                 tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
             tx.send_modify(|s| s.outcome = Some(outcome));
+            if transient {
+                // Clients redirected to it arrive within their signed URL's
+                // lifetime: the finished, unkept file stays servable for that
+                // long (as a finished fill), then goes with the last reader.
+                tokio::time::sleep(store.linger).await;
+            }
             store.lock().remove(&artifact);
         });
         (fill, false)

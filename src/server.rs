@@ -162,6 +162,7 @@ impl Server {
             let limits = StoreLimits {
                 quota: settings.blob_quota_bytes,
                 max_blob: settings.max_blob_bytes,
+                linger: settings.blob_url_ttl.0,
             };
             let metrics = metrics.clone();
             tokio::task::spawn_blocking(move || {

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -410,7 +411,11 @@ async fn upstream_bound_answers_503_with_retry_after_past_its_queue() {
 
 #[tokio::test]
 async fn blobs_over_max_blob_bytes_are_streamed_not_stored() {
-    let h = Harness::start_with(|l| l.max_blob_bytes = Some(100_000)).await;
+    let h = Harness::start_with(|l| {
+        l.max_blob_bytes = Some(100_000);
+        l.blob_url_ttl = Some("1s".parse().unwrap());
+    })
+    .await;
     let art = artifact(&h, "big", 200_000);
     let zip = h.sim.zip_bytes(art.id).unwrap();
     for round in 1..=2 {
@@ -431,8 +436,8 @@ async fn blobs_over_max_blob_bytes_are_streamed_not_stored() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_during_a_64_mb_download_lets_it_finish() {
+/// A simulator holding one 64 MiB artifact, and its zip.
+async fn sim_with_huge_artifact() -> (Sim, u64, Bytes) {
     let sim = Sim::start(SimConfig::default()).await.expect("simulator");
     let art = sim.add_artifact(NewArtifact {
         repo: PRIVATE_REPO.into(),
@@ -443,38 +448,56 @@ async fn sigterm_during_a_64_mb_download_lets_it_finish() {
         expired: false,
     });
     let zip = sim.zip_bytes(art.id).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    (sim, art.id, zip)
+}
+
+/// `artifact-mirror serve` as a process, answering /healthz. The caller
+/// owns the child and waits for it (`common::wait_bounded`).
+#[allow(clippy::zombie_processes)] // returned to the caller, or killed
+async fn serve_process(sim: &Sim, data_dir: &Path) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_artifact-mirror"))
+    let mut child = spawn_serve(sim, data_dir, port);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let url: http::Uri = format!("http://127.0.0.1:{port}/healthz")
+            .parse()
+            .expect("URL");
+        let ok = tokio::time::timeout(Duration::from_secs(2), common::client().get(url))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|r| r.status() == StatusCode::OK));
+        if ok {
+            return (child, port);
+        }
+        if Instant::now() >= deadline {
+            // Killed so it does not outlive the test; reaped by init.
+            let _ = child.kill();
+            panic!("mirror never came up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn_serve(sim: &Sim, data_dir: &Path, port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_artifact-mirror"))
         .args(["serve", "--upstream", &sim.api_base(), "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(data_dir)
         .args(["--shutdown-grace", "30s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("serve starts");
+        .expect("serve starts")
+}
+
+/// The blob answer of a download through the mirror at `port`.
+async fn open_download(port: u16, id: u64) -> http::Response<hyper::body::Incoming> {
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let ok = tokio::time::timeout(
-            Duration::from_secs(2),
-            common::client().get(format!("{base}/healthz").parse().unwrap()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok_and(|r| r.status() == StatusCode::OK));
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "mirror never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let redirect = get(
-        &format!("{base}/api/v3{}", zip_path(art.id)),
+        &format!("{base}/api/v3{}", zip_path(id)),
         Some(READER_TOKEN),
     )
     .await;
@@ -488,7 +511,22 @@ async fn sigterm_during_a_64_mb_download_lets_it_finish() {
     .expect("blob answer in time")
     .expect("blob answer");
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    response
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -{name}");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_64_mb_download_lets_it_finish() {
+    let (sim, id, zip) = sim_with_huge_artifact().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = serve_process(&sim, dir.path()).await;
+    let mut body = open_download(port, id).await.into_body();
     let mut hasher = Sha256::new();
     let mut received = 0usize;
     let mut signalled = false;
@@ -500,10 +538,7 @@ async fn sigterm_during_a_64_mb_download_lets_it_finish() {
                 hasher.update(&data);
             }
             if !signalled && received >= 1024 * 1024 {
-                let killed = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                assert!(killed.is_ok_and(|s| s.success()));
+                signal(&child, "TERM");
                 signalled = true;
                 // A slow reader: the server must wait for it.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -533,4 +568,48 @@ async fn sigterm_during_a_64_mb_download_lets_it_finish() {
     .await
     .unwrap();
     assert_eq!(status.0.and_then(|s| s.code()), Some(0), "{}", status.1);
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
+    let (sim, id, zip) = sim_with_huge_artifact().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = serve_process(&sim, dir.path()).await;
+    // A download that stops reading after its first frame: shutdown would
+    // wait up to the 30 s grace for it.
+    let mut body = open_download(port, id).await.into_body();
+    let first = tokio::time::timeout(TIMEOUT, body.frame()).await;
+    assert!(first.is_ok_and(|f| f.is_some_and(|f| f.is_ok())));
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().expect("child state").is_none(),
+        "the first signal waits for the download"
+    );
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || {
+        common::wait_bounded(&mut child, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "exits at once");
+    drop(body);
+
+    // The same data dir serves again, whole and correct.
+    let (mut child, port) = serve_process(&sim, dir.path()).await;
+    let response = open_download(port, id).await;
+    let bytes = tokio::time::timeout(Duration::from_secs(60), response.into_body().collect())
+        .await
+        .expect("download in time")
+        .expect("whole body")
+        .to_bytes();
+    assert_eq!(bytes.len(), zip.len());
+    assert!(bytes == zip, "identical bytes after the abrupt exit");
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        common::wait_bounded(&mut child, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
