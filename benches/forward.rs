@@ -1,6 +1,12 @@
 //! Forwarding overhead: one list request answered by the simulator directly
 //! (the baseline, measured in the same run) against the same request through
 //! the mirror. Read the result as the ratio of the two.
+//!
+//! `handler/*`: the mirror's own work for a fresh hit, without sockets or
+//! hyper: `App::handle` on a cached list answer (`when-stale`) against a
+//! baseline that builds the same request and clones the same headers and
+//! body from memory. What is left of a fresh hit's cost beyond this is
+//! hyper, tokio and the kernel.
 
 use std::time::Duration;
 
@@ -71,5 +77,86 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward);
+fn handler(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = format!("/api/v3/repos/{PUBLIC_REPO}/actions/artifacts?per_page=5");
+    let (_sim, app, cached) = rt.block_on(async {
+        let sim = Sim::start(SimConfig::default()).await.expect("sim");
+        let settings = Settings::resolve(Layer {
+            upstream: Some(sim.api_base().parse().expect("url")),
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data_dir: Some(dir.path().to_owned()),
+            revalidate: Some(artifact_mirror::config::Revalidate::WhenStale),
+            ..Layer::default()
+        })
+        .expect("settings");
+        let server = Server::bind(&settings).await.expect("bind");
+        let app = server.app();
+        // The first call fills the cache (a miss); keep its answer as the
+        // baseline's bytes.
+        let response = app.handle(request(&path), client_info()).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (sim, app, (parts.headers, body))
+    });
+    eprintln!(
+        "size of the App::handle future: {} bytes",
+        std::mem::size_of_val(&app.handle(request(&path), client_info()))
+    );
+    let mut group = c.benchmark_group("handler");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("baseline_clone_from_memory", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                // The same request is built (hyper would have parsed it) and
+                // dropped, so only the handler's own work differs.
+                drop(std::hint::black_box(request(&path)));
+                let mut response = http::Response::new(http_body_util::Full::new(cached.1.clone()));
+                *response.headers_mut() = cached.0.clone();
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
+            })
+        })
+    });
+    group.bench_function("fresh_hit", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let response = app.handle(request(&path), client_info()).await;
+                assert_eq!(response.headers()["x-cache"], "HIT");
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn request(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(path)
+        .header("host", "127.0.0.1:8080")
+        .header("authorization", format!("token {READER_TOKEN}"))
+        .header("accept", "application/vnd.github+json")
+        .header("user-agent", "bench")
+        .body(Empty::new())
+        .expect("request")
+}
+
+fn client_info() -> artifact_mirror::upstream::ClientInfo {
+    artifact_mirror::upstream::ClientInfo {
+        peer: std::net::Ipv4Addr::LOCALHOST.into(),
+        tls: false,
+        route: "",
+    }
+}
+
+criterion_group!(benches, forward, handler);
 criterion_main!(benches);

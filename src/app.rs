@@ -104,6 +104,9 @@ impl App {
         Response::from_parts(parts, LoggedBody::new(body, entry, counted))
     }
 
+    /// Every arm but the JSON routes' is boxed: an async fn's future is as
+    /// large as its largest branch, and the fresh-hit path should not build
+    /// and copy the upstream paths' state (see the `handler` bench).
     async fn dispatch(
         &self,
         route: Route,
@@ -131,7 +134,7 @@ impl App {
                 ref repo,
                 artifact_id,
             }) => {
-                let response = self.upstream.forward(request, client).await?;
+                let response = Box::pin(self.upstream.forward(request, client)).await?;
                 if response.status() == http::StatusCode::NO_CONTENT {
                     self.json.purge_repo(repo);
                     self.downloads
@@ -143,12 +146,10 @@ impl App {
             Route::Artifact(ArtifactRoute::Download {
                 ref repo,
                 artifact_id,
-            }) => {
-                self.downloads
-                    .download(repo, artifact_id, request, client)
-                    .await
+            }) => Box::pin(self.downloads.download(repo, artifact_id, request, client)).await,
+            Route::Blob { artifact_id } => {
+                Box::pin(self.downloads.serve_blob(artifact_id, request)).await
             }
-            Route::Blob { artifact_id } => self.downloads.serve_blob(artifact_id, request).await,
             Route::Forward if request.method() == http::Method::GET => {
                 let (mut parts, body) = request.into_parts();
                 let public =
@@ -156,15 +157,13 @@ impl App {
                         .resolve(&parts.headers, parts.uri.authority(), client.tls)?;
                 // Uncompressed, so URLs in the body can be rewritten.
                 parts.headers.remove(http::header::ACCEPT_ENCODING);
-                let response = self
+                let forward = self
                     .upstream
-                    .forward(Request::from_parts(parts, body), client)
-                    .await?;
-                Rewriter::new(&self.upstream_base, &public)
-                    .forwarded(response)
-                    .await
+                    .forward(Request::from_parts(parts, body), client);
+                let response = Box::pin(forward).await?;
+                Box::pin(Rewriter::new(&self.upstream_base, &public).forwarded(response)).await
             }
-            Route::Forward => self.upstream.forward(request, client).await,
+            Route::Forward => Box::pin(self.upstream.forward(request, client)).await,
         }
     }
 }

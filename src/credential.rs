@@ -17,8 +17,10 @@ use sha2::Sha256;
 const SECRET_LEN: usize = 32;
 
 /// The per-instance key (`data_dir/secret`), also used to sign blob URLs.
+/// Held as the HMAC state already keyed with it: every request computes a
+/// MAC, and cloning the keyed state skips the key schedule each time.
 #[derive(Clone)]
-pub struct InstanceSecret([u8; SECRET_LEN]);
+pub struct InstanceSecret(Hmac<Sha256>);
 
 impl fmt::Debug for InstanceSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,7 +45,7 @@ impl InstanceSecret {
                         ),
                     )
                 })?;
-                Ok(InstanceSecret(key))
+                Ok(InstanceSecret::keyed(&key))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut key = [0u8; SECRET_LEN];
@@ -55,16 +57,21 @@ impl InstanceSecret {
                 let mut file = options.open(path)?;
                 file.write_all(&key)?;
                 file.sync_all()?;
-                Ok(InstanceSecret(key))
+                Ok(InstanceSecret::keyed(&key))
             }
             Err(e) => Err(e),
         }
     }
 
+    fn keyed(key: &[u8; SECRET_LEN]) -> InstanceSecret {
+        InstanceSecret(
+            <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length"),
+        )
+    }
+
     /// HMAC-SHA256 of `parts`, each length-prefixed so no two lists collide.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.0.clone();
         for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -74,8 +81,7 @@ impl InstanceSecret {
 
     /// Checks `tag` against the HMAC of `parts` in constant time.
     pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.0.clone();
         for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -98,13 +104,12 @@ impl InstanceSecret {
 /// GitHub accepts one token as `token X` and `Bearer X`: both name the same
 /// credential. Other schemes (Basic) are hashed whole.
 fn token_part(value: &[u8]) -> &[u8] {
-    let text = String::from_utf8_lossy(value);
-    let mut words = text.splitn(2, ' ');
-    match (words.next(), words.next()) {
-        (Some(scheme), Some(_))
-            if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") =>
+    match value.iter().position(|b| *b == b' ') {
+        Some(i)
+            if value[..i].eq_ignore_ascii_case(b"token")
+                || value[..i].eq_ignore_ascii_case(b"bearer") =>
         {
-            value[scheme.len()..].trim_ascii()
+            value[i..].trim_ascii()
         }
         _ => value.trim_ascii(),
     }

@@ -473,6 +473,13 @@ impl Store {
                 return Some(entry);
             }
         }
+        // Boxed: the disk path's futures (moka insert, invalidate) would
+        // otherwise enlarge every hit's future.
+        Box::pin(self.load(key, oldest)).await
+    }
+
+    /// The disk tier's record, brought into memory.
+    async fn load(&self, key: &Key, oldest: u64) -> Option<Arc<Entry>> {
         let record = match self.index.json_get(&key.0) {
             Ok(Some(record)) if record.validated_at >= oldest => record,
             Ok(_) => return None,
@@ -626,10 +633,10 @@ impl JsonCache {
         let (parts, _) = request.into_parts();
         if parts.method != Method::GET {
             // HEAD: not worth a cache entry of its own; upstream answers.
-            let mut response = self
+            let forward = self
                 .upstream
-                .forward(Request::from_parts(parts, body::empty()), client)
-                .await?;
+                .forward(Request::from_parts(parts, body::empty()), client);
+            let mut response = Box::pin(forward).await?;
             response
                 .headers_mut()
                 .insert(X_CACHE, CacheStatus::Bypass.header());
@@ -656,7 +663,10 @@ impl JsonCache {
         let rewriter = Rewriter::new(&self.upstream_base, &public);
         // `refresh` strips the client's validators from the upstream request.
         let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
-        let refresh = self.refresh(
+        // Boxed: the upstream trip's state is large, and carrying it inline
+        // made every fresh hit build and copy a future of ~18 KB (see the
+        // `handler` bench).
+        let refresh = Box::pin(self.refresh(
             &key,
             route,
             parts,
@@ -664,7 +674,7 @@ impl JsonCache {
             cached,
             client,
             &rewriter,
-        );
+        ));
         let (outcome, shared) = self
             .flights
             .run(&key, || async move { Arc::new(refresh.await) })

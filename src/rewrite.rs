@@ -9,7 +9,7 @@
 //! start; GitHub does not escape `/` in JSON).
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue, HOST};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, HOST};
 use http::uri::Authority;
 use http::Response;
 use hyper::body::Body as _;
@@ -58,7 +58,7 @@ impl PublicBase {
                 trust_forwarded,
             } => (api_path, *trust_forwarded),
         };
-        let first = |name: &str| {
+        let first = |name: &HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -66,21 +66,26 @@ impl PublicBase {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
         };
-        let forwarded_host = first("x-forwarded-host").filter(|_| trust);
+        let forwarded_host = if trust {
+            first(&X_FORWARDED_HOST)
+        } else {
+            None
+        };
         let host = forwarded_host
-            .or_else(|| first(HOST.as_str()))
-            .map(str::to_owned)
-            .or_else(|| authority.map(|a| a.as_str().to_owned()))
+            .or_else(|| first(&HOST))
+            .or_else(|| authority.map(Authority::as_str))
             .ok_or_else(|| MirrorError::BadRequest("a Host header is required".into()))?;
         // Anything but a plain host[:port] could smuggle another URL into
         // every rewritten link.
-        let valid = host
-            .parse::<Authority>()
-            .is_ok_and(|a| a.as_str() == host && !host.contains('@'));
-        if !valid {
+        if !plain_host_port(host) {
             return Err(MirrorError::BadRequest(format!("Invalid Host {host:?}")));
         }
-        let proto = match first("x-forwarded-proto").filter(|_| trust) {
+        let forwarded_proto = if trust {
+            first(&X_FORWARDED_PROTO)
+        } else {
+            None
+        };
+        let proto = match forwarded_proto {
             Some(p) if p.eq_ignore_ascii_case("https") => "https",
             Some(_) => "http",
             None if tls => "https",
@@ -88,6 +93,44 @@ impl PublicBase {
         };
         Ok(format!("{proto}://{host}{api_path}"))
     }
+}
+
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `host[:port]`: a DNS name or IPv4 address of unreserved characters, or a
+/// bracketed IPv6 literal, and digits for the port. No userinfo, path,
+/// query or anything else a rewritten link could be made to carry.
+fn plain_host_port(value: &str) -> bool {
+    let (host_ok, port) = if let Some(v6) = value.strip_prefix('[') {
+        let Some((addr, rest)) = v6.split_once(']') else {
+            return false;
+        };
+        let ok = !addr.is_empty()
+            && addr
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        let port = match rest {
+            "" => None,
+            _ => match rest.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        (ok, port)
+    } else {
+        let (host, port) = match value.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (value, None),
+        };
+        let ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        (ok, port)
+    };
+    host_ok
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +245,37 @@ mod tests {
             "https://ghes.example.com/api/v3",
             "http://mirror:8080/api/v3/",
         )
+    }
+
+    #[test]
+    fn only_plain_host_and_port_pass() {
+        for ok in [
+            "mirror",
+            "mirror.ci.example.com",
+            "127.0.0.1:8080",
+            "[::1]:8443",
+            "[fe80::1]",
+            "a_b-c.d~e:1",
+        ] {
+            assert!(plain_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "user@host",
+            "host/path",
+            "host?x",
+            "host:80:81",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            "evil.com#",
+            "h%2fx",
+        ] {
+            assert!(!plain_host_port(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -133,6 +133,14 @@ pub fn route(method: &Method, path: &str, api_base: &str) -> Result<Route, Route
 /// Refuses segments that upstream (or a proxy in between) could decode into
 /// a different path than the one the mirror routed.
 fn check_segment(segment: &str) -> Result<(), RouteError> {
+    // Without `%` or `\\` nothing can decode into something else: the common
+    // case, checked without allocating.
+    if !segment.bytes().any(|b| b == b'%' || b == b'\\') {
+        return match segment {
+            "." | ".." => Err(RouteError::DotSegment),
+            _ => Ok(()),
+        };
+    }
     let lower = segment.to_ascii_lowercase();
     if lower.contains("%2f")
         || lower.contains("%5c")

@@ -212,6 +212,11 @@ impl Server {
         })
     }
 
+    /// The request handler, for benchmarks that measure it without sockets.
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
