@@ -23,7 +23,8 @@
 //! client (load generator) and server side (everything else), because on a
 //! shared 2-core machine CPU per request is steadier than requests/s.
 //!
-//! `BENCH_SECONDS` (default 3, at most 50: a fresh entry lives 60 s),
+//! `BENCH_SECONDS` (default 3, at most 50: a fresh entry lives 60 s, and each
+//! run starts by revalidating it),
 //! `BENCH_WARMUP` (default 0.5) and `BENCH_ROUNDS` (default 3) tune a run;
 //! `BENCH_ONLY=1` or `BENCH_ONLY=2` runs one scenario, and `BENCH_SIDE=candidate`
 //! (or `baseline`) loads one side only (both for profiling).
@@ -419,7 +420,18 @@ impl Conn {
     }
 
     async fn send(&mut self) -> Response<hyper::body::Incoming> {
+        self.send_with(None).await
+    }
+
+    /// The request, with a `Cache-Control` header when given.
+    async fn send_with(
+        &mut self,
+        cache_control: Option<HeaderValue>,
+    ) -> Response<hyper::body::Incoming> {
         let mut request = Request::new(Empty::new());
+        if let Some(value) = cache_control {
+            request.headers_mut().insert(header::CACHE_CONTROL, value);
+        }
         *request.uri_mut() = self.uri.clone();
         request
             .headers_mut()
@@ -593,13 +605,20 @@ struct WorkerResult {
 
 async fn run_load(target: &Target, conns: usize, cfg: &BenchConfig, sim: &Sim) -> Stats {
     if target.prime {
-        let primed = fetch(target.addr, &target.path).await;
+        // `no-cache` makes the mirror revalidate now, so the entry is fresh
+        // for the whole run (a plain request could be answered by an entry
+        // about to go stale mid-run).
+        let mut conn = Conn::open(target.addr, &target.path).await;
+        let primed = conn
+            .send_with(Some(HeaderValue::from_static("no-cache")))
+            .await;
         assert_eq!(
-            primed.status,
+            primed.status(),
             StatusCode::OK,
             "{}: priming request",
             target.name
         );
+        primed.into_body().collect().await.expect("priming body");
     }
     let mut connections = Vec::with_capacity(conns);
     for _ in 0..conns {
