@@ -36,6 +36,8 @@ use crate::upstream::BlobFetcher;
 
 /// Transfers attempted per fill (the first and the resumes).
 const ATTEMPTS: u32 = 5;
+/// Least time between two expiry sweeps triggered by stored blobs.
+const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Bytes per frame sent to clients.
 const CHUNK: usize = 64 * 1024;
 
@@ -195,6 +197,8 @@ pub struct BlobStore {
     quota: u64,
     max_blob: u64,
     linger: Duration,
+    /// Unix seconds of the last expiry sweep after a stored blob.
+    last_expiry_sweep: AtomicU64,
     stored_bytes: AtomicU64,
     stored_blobs: AtomicU64,
     fills: Mutex<HashMap<u64, Arc<Fill>>>,
@@ -225,6 +229,7 @@ impl BlobStore {
             quota: limits.quota,
             max_blob: limits.max_blob.min(limits.quota),
             linger: limits.linger,
+            last_expiry_sweep: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_blobs: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
@@ -342,11 +347,8 @@ impl BlobStore {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 Some(v.saturating_sub(record.size))
             });
-        let shared = self
-            .records()
-            .map(|all| all.iter().any(|(_, r)| r.sha256 == record.sha256))
-            .unwrap_or(true);
         let path = self.path_of(&record.sha256);
+        let shared = self.shared(&path, artifact, &record.sha256);
         // The sidecar follows the record, so a rebuild cannot bring it back.
         let sidecar = if shared {
             crate::sidecar::forget(&path, &self.dir.join("tmp"), artifact)
@@ -360,6 +362,31 @@ impl BlobStore {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %e, "blob file not removed");
             }
+        }
+    }
+
+    /// Whether another artifact's record still names the file `path` (of
+    /// content `sha256`), which `artifact` no longer does. The sidecar names
+    /// the file's artifacts, so only those records are read; without a
+    /// readable sidecar naming `artifact`, every record is (O(n)).
+    fn shared(&self, path: &Path, artifact: u64, sha256: &str) -> bool {
+        let names_same = |id: u64| match self.index.blob_get(id) {
+            Ok(Some(v)) => {
+                serde_json::from_slice::<BlobRecord>(&v).map_or(true, |r| r.sha256 == sha256)
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        match crate::sidecar::read(path) {
+            Ok(Some(sidecar)) if sidecar.artifacts.contains_key(&artifact) => sidecar
+                .artifacts
+                .keys()
+                .filter(|id| **id != artifact)
+                .any(|id| names_same(*id)),
+            _ => self
+                .records()
+                .map(|all| all.iter().any(|(_, r)| r.sha256 == sha256))
+                .unwrap_or(true),
         }
     }
 
@@ -601,7 +628,20 @@ impl BlobStore {
             .map_err(|e| e.to_string())?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
         self.stored_blobs.fetch_add(1, Ordering::Relaxed);
-        let _ = self.enforce_quota();
+        // The expiry sweep reads every record: after a stored blob it runs
+        // at most once a minute (lookups drop expired blobs on their own).
+        let now = now_secs();
+        let last = self.last_expiry_sweep.load(Ordering::Relaxed);
+        let sweep = now.saturating_sub(last) >= EXPIRY_SWEEP_EVERY.as_secs()
+            && self
+                .last_expiry_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let mut swept = Swept::default();
+        if sweep {
+            self.sweep_expired(&mut swept);
+        }
+        self.evict_over_quota(&mut swept);
         Ok(record)
     }
 
@@ -609,6 +649,12 @@ impl BlobStore {
     /// returns what went (`cache gc` reports it).
     pub fn enforce_quota(&self) -> Swept {
         let mut swept = Swept::default();
+        self.sweep_expired(&mut swept);
+        self.evict_over_quota(&mut swept);
+        swept
+    }
+
+    fn sweep_expired(&self, swept: &mut Swept) {
         if let Ok(records) = self.records() {
             let now = now_secs();
             for (id, r) in records {
@@ -618,6 +664,9 @@ impl BlobStore {
                 }
             }
         }
+    }
+
+    fn evict_over_quota(&self, swept: &mut Swept) {
         // Bounded: each round removes one record.
         for _ in 0..10_000 {
             if self.stored_bytes() <= self.quota {
@@ -632,7 +681,6 @@ impl BlobStore {
                 _ => break,
             }
         }
-        swept
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Fill>>> {
@@ -690,7 +738,9 @@ pub fn read_range(source: Source, start: u64, end: u64) -> ChannelBody {
 }
 
 pub enum Source {
-    Stored(PathBuf),
+    /// Opened before the answer starts: a file evicted after that stays
+    /// readable through the handle.
+    Stored(tokio::fs::File),
     Filling(Arc<Fill>),
 }
 
@@ -700,41 +750,50 @@ async fn pump(
     end: u64,
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
 ) -> Result<(), String> {
-    let (path, mut state) = match &source {
-        Source::Stored(path) => (path.clone(), None),
-        Source::Filling(fill) => (fill.tmp.clone(), Some(fill.state())),
+    let fill = match source {
+        Source::Stored(file) => return pump_file(file, None, start, end, tx).await,
+        Source::Filling(fill) => fill,
     };
-    let _reading = match &source {
-        Source::Filling(fill) => Some(Reading::new(fill)),
-        Source::Stored(_) => None,
-    };
-    let mut file = match (tokio::fs::File::open(&path).await, &mut state) {
-        (Ok(f), _) => f,
+    let _reading = Reading::new(&fill);
+    let mut state = fill.state();
+    let file = match tokio::fs::File::open(&fill.tmp).await {
+        Ok(f) => f,
         // The fill finished and renamed its file in between: wait for its
         // verdict (the record is written right after the rename).
-        (Err(_), Some(rx)) => {
-            let outcome = rx
+        Err(_) => {
+            let outcome = state
                 .wait_for(|s| s.outcome.is_some())
                 .await
                 .map_err(|_| "the fill stopped".to_owned())?
                 .outcome
                 .clone();
-            match (outcome, &source) {
-                (Some(Ok(record)), Source::Filling(fill)) => {
+            match outcome {
+                Some(Ok(record)) => {
                     let stored = fill
                         .stored_dir
-                        .join(&record.sha256[..2])
+                        .join(record.sha256.get(..2).unwrap_or("00"))
                         .join(&record.sha256);
                     tokio::fs::File::open(stored)
                         .await
                         .map_err(|e| e.to_string())?
                 }
-                (Some(Err(e)), _) => return Err(e),
-                _ => return Err("stored blob not found".into()),
+                Some(Err(e)) => return Err(e),
+                None => return Err("stored blob not found".into()),
             }
         }
-        (Err(e), None) => return Err(format!("cannot open {}: {e}", path.display())),
     };
+    pump_file(file, Some(state), start, end, tx).await
+}
+
+/// Sends `[start, end)` of `file`; with `state`, no further than the fill
+/// has written (and the last byte only once the fill is verified).
+async fn pump_file(
+    mut file: tokio::fs::File,
+    mut state: Option<watch::Receiver<FillState>>,
+    start: u64,
+    end: u64,
+    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
+) -> Result<(), String> {
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(|e| e.to_string())?;

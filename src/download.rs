@@ -352,13 +352,23 @@ impl Downloads {
             .map_err(MirrorError::Signature)?;
         let (total, name, etag, modified, source, cache) = match self.blobs.lookup(artifact) {
             Some(Available::Stored(record, path)) => {
+                // Opened now, so an eviction from here on cannot cut the
+                // answer short; a record whose file is gone is dropped.
+                let file = match tokio::fs::File::open(&path).await {
+                    Ok(file) => file,
+                    Err(e) => {
+                        tracing::warn!(artifact, error = %e, "blob file missing; record dropped");
+                        self.blobs.remove(artifact, Eviction::Deleted);
+                        return Err(MirrorError::BlobUnavailable);
+                    }
+                };
                 self.blobs.touch(artifact);
                 (
                     record.size,
                     record.name,
                     Some(record.sha256),
                     Some(record.stored_at),
-                    Source::Stored(path),
+                    Source::Stored(file),
                     CacheOutcome::Hit,
                 )
             }

@@ -602,3 +602,64 @@ async fn a_resume_with_an_expired_link_gets_a_fresh_location() {
         Some(format!("token {READER_TOKEN}").as_str())
     );
 }
+
+#[tokio::test]
+async fn artifacts_with_identical_content_share_one_file_until_the_last_goes() {
+    let h = Harness::start().await;
+    let first = artifact(&h, PRIVATE_REPO, 150_000, true);
+    let twin = h.sim.duplicate_artifact(first.id).expect("twin");
+    let zip = h.sim.zip_bytes(first.id).unwrap();
+    assert_eq!(h.sim.zip_bytes(twin.id).unwrap(), zip, "identical bytes");
+    for id in [first.id, twin.id] {
+        let (_, blob) = download(&h, PRIVATE_REPO, id, Some(READER_TOKEN)).await;
+        assert_eq!(blob.unwrap().body, zip);
+        until_holds(&h, &zip, 1).await;
+    }
+    assert_eq!(stored_files(&h), 1, "one file for both");
+    let delete = |id: u64| {
+        request(
+            Method::DELETE,
+            &h.url(&format!("/repos/{PRIVATE_REPO}/actions/artifacts/{id}")),
+            Some(ADMIN_TOKEN),
+        )
+    };
+    // Deleting one keeps the file the other still names: the twin is
+    // served from the store, with no new blob fetch.
+    assert_eq!(send(delete(first.id)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(stored_files(&h), 1, "the twin still names the file");
+    let blob_gets = h.sim.counters().blob_gets;
+    let (redirect, blob) = download(&h, PRIVATE_REPO, twin.id, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&redirect), "HIT");
+    assert_eq!(blob.unwrap().body, zip);
+    assert_eq!(h.sim.counters().blob_gets, blob_gets);
+    // Deleting the last one removes the file.
+    assert_eq!(send(delete(twin.id)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(stored_files(&h), 0);
+}
+
+#[tokio::test]
+async fn a_record_whose_file_vanished_is_dropped_and_the_zip_fetched_again() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PRIVATE_REPO, 120_000, true);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let (redirect, _) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
+    until_holds(&h, &zip, 1).await;
+    let location = redirect.header("location").unwrap().to_owned();
+    // The file goes behind the mirror's back (an operator, a full disk...).
+    let sha = hex(&Sha256::digest(&zip));
+    let path = h
+        .data_dir
+        .path()
+        .join("blobs/sha256")
+        .join(&sha[..2])
+        .join(&sha);
+    std::fs::remove_file(&path).unwrap();
+    let gone = get(&location, None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert!(gone.json()["message"].as_str().is_some());
+    // The record went with it: the next download fetches the zip again.
+    let (redirect, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
+    assert_eq!(redirect.status, StatusCode::FOUND);
+    assert_eq!(blob.unwrap().body, zip);
+    assert_eq!(h.sim.counters().blob_gets, 2);
+}

@@ -201,6 +201,12 @@ impl Sim {
         lock(&self.state.store).insert(stored)
     }
 
+    /// A new artifact with exactly the zip of artifact `of` (same repository,
+    /// run and name; a new id), or `None` when `of` does not exist.
+    pub fn duplicate_artifact(&self, of: u64) -> Option<Artifact> {
+        lock(&self.state.store).duplicate(of)
+    }
+
     pub fn artifact(&self, id: u64) -> Option<Artifact> {
         lock(&self.state.store).get(id).map(|s| s.artifact.clone())
     }

@@ -158,6 +158,22 @@ impl Store {
         Pending { repo, id, spec }
     }
 
+    /// A new artifact (next id, same repository and run) whose zip is the
+    /// very bytes of artifact `of`: identical content, as two uploads of the
+    /// same files give.
+    pub fn duplicate(&mut self, of: u64) -> Option<Artifact> {
+        let original = self.artifacts.get(&of)?;
+        let mut stored = Stored {
+            artifact: original.artifact.clone(),
+            zip: original.zip.clone(),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        stored.artifact.id = id;
+        stored.artifact.node_id = base64(format!("08:Artifact{id}").as_bytes());
+        Some(self.insert(stored))
+    }
+
     pub fn insert(&mut self, stored: Stored) -> Artifact {
         let artifact = stored.artifact.clone();
         self.artifacts.insert(artifact.id, stored);
