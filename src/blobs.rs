@@ -24,7 +24,7 @@ use http::{StatusCode, Uri};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::BoxError;
@@ -39,7 +39,7 @@ const ATTEMPTS: u32 = 5;
 /// Least time between two expiry sweeps triggered by stored blobs.
 const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Bytes per frame sent to clients.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// What is known of an artifact from any cached JSON (the same for every
 /// credential), so a cold fill needs no API call of its own.
@@ -723,9 +723,10 @@ fn disposition_name(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// Reads bytes `[start, end)` of a stored blob or a fill in progress,
-/// waiting for a fill to write them. Memory stays at one chunk per client.
+/// waiting for a fill to write them. Memory stays at two chunks per client
+/// (one queued, one being read).
 pub fn read_range(source: Source, start: u64, end: u64) -> ChannelBody {
-    let (tx, rx) = mpsc::channel(2);
+    let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         if let Err(e) = pump(source, start, end, &tx).await {
             let _ = tx.send(Err(e.into())).await;
@@ -740,7 +741,7 @@ pub fn read_range(source: Source, start: u64, end: u64) -> ChannelBody {
 pub enum Source {
     /// Opened before the answer starts: a file evicted after that stays
     /// readable through the handle.
-    Stored(tokio::fs::File),
+    Stored(std::fs::File),
     Filling(Arc<Fill>),
 }
 
@@ -756,7 +757,7 @@ async fn pump(
     };
     let _reading = Reading::new(&fill);
     let mut state = fill.state();
-    let file = match tokio::fs::File::open(&fill.tmp).await {
+    let file = match open(&fill.tmp).await {
         Ok(f) => f,
         // The fill finished and renamed its file in between: wait for its
         // verdict (the record is written right after the rename).
@@ -773,9 +774,7 @@ async fn pump(
                         .stored_dir
                         .join(record.sha256.get(..2).unwrap_or("00"))
                         .join(&record.sha256);
-                    tokio::fs::File::open(stored)
-                        .await
-                        .map_err(|e| e.to_string())?
+                    open(&stored).await.map_err(|e| e.to_string())?
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err("stored blob not found".into()),
@@ -788,17 +787,14 @@ async fn pump(
 /// Sends `[start, end)` of `file`; with `state`, no further than the fill
 /// has written (and the last byte only once the fill is verified).
 async fn pump_file(
-    mut file: tokio::fs::File,
+    file: std::fs::File,
     mut state: Option<watch::Receiver<FillState>>,
     start: u64,
     end: u64,
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
 ) -> Result<(), String> {
-    file.seek(SeekFrom::Start(start))
-        .await
-        .map_err(|e| e.to_string())?;
+    let file = Arc::new(file);
     let mut pos = start;
-    let mut buf = vec![0u8; CHUNK];
     while pos < end {
         let available = match &mut state {
             None => end,
@@ -823,23 +819,42 @@ async fn pump_file(
             },
         };
         let want = (available.min(end) - pos).min(CHUNK as u64) as usize;
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
+        let chunk = read_at(&file, pos, want).await.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
             return Err("blob file shorter than announced".into());
         }
-        pos += n as u64;
-        if tx
-            .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-            .await
-            .is_err()
-        {
+        pos += chunk.len() as u64;
+        if tx.send(Ok(chunk)).await.is_err() {
             return Ok(()); // The client went away.
         }
     }
     Ok(())
+}
+
+/// Opens `path` for reading, off the async threads.
+pub async fn open(path: &Path) -> io::Result<std::fs::File> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(path))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Up to `len` bytes of `file` from `pos`, read on the blocking pool
+/// straight into the buffer that is sent (one copy, one thread hop per
+/// chunk; positional, so no seek state is shared).
+async fn read_at(file: &Arc<std::fs::File>, pos: u64, len: usize) -> io::Result<Bytes> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf, pos)?;
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(&*file, &mut buf, pos)?;
+        buf.truncate(n);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// A response body fed by [`pump`].

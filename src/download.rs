@@ -354,7 +354,7 @@ impl Downloads {
             Some(Available::Stored(record, path)) => {
                 // Opened now, so an eviction from here on cannot cut the
                 // answer short; a record whose file is gone is dropped.
-                let file = match tokio::fs::File::open(&path).await {
+                let file = match blobs::open(&path).await {
                     Ok(file) => file,
                     Err(e) => {
                         tracing::warn!(artifact, error = %e, "blob file missing; record dropped");
