@@ -42,41 +42,18 @@ const VARYING: [HeaderName; 2] = [
     HeaderName::from_static("x-github-api-version"),
 ];
 
-/// How an answer was produced, sent as `X-Cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    /// Fresh entry, upstream not asked (`when-stale` only).
-    Hit,
-    /// Upstream said 304 to the entry's ETag.
-    Revalidated,
-    /// Upstream sent a new body; it is stored.
-    Miss,
-    /// Not from the cache: upstream's answer passed through as is.
-    Bypass,
-    /// Upstream failed; a recent entry answered (`stale_if_error`).
-    Stale,
-}
-
-impl CacheStatus {
-    fn header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Revalidated => "REVALIDATED",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Bypass => "BYPASS",
-            CacheStatus::Stale => "STALE",
-        })
-    }
-
-    fn outcome(self) -> CacheOutcome {
-        match self {
-            CacheStatus::Hit => CacheOutcome::Hit,
-            CacheStatus::Revalidated => CacheOutcome::Revalidated,
-            CacheStatus::Miss => CacheOutcome::Miss,
-            CacheStatus::Bypass => CacheOutcome::Bypass,
-            CacheStatus::Stale => CacheOutcome::Stale,
-        }
-    }
+/// `X-Cache` for how an answer was produced. Coalesced callers are told
+/// what the shared trip was (the flight's leader's status).
+fn x_cache(outcome: CacheOutcome) -> HeaderValue {
+    HeaderValue::from_static(match outcome {
+        CacheOutcome::Hit => "HIT",
+        CacheOutcome::Revalidated => "REVALIDATED",
+        CacheOutcome::Miss => "MISS",
+        CacheOutcome::Bypass => "BYPASS",
+        CacheOutcome::Stale => "STALE",
+        CacheOutcome::Coalesced => "COALESCED",
+        CacheOutcome::Filling => "FILLING",
+    })
 }
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -139,7 +116,7 @@ impl Entry {
         let validated = UNIX_EPOCH + Duration::from_millis(validated_at);
         let ttl = millis(policy.time_to_live(validated)).min(millis(max_fresh));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        headers.insert(X_CACHE, CacheStatus::Hit.header());
+        headers.insert(X_CACHE, x_cache(CacheOutcome::Hit));
         Entry {
             headers,
             body,
@@ -218,7 +195,9 @@ impl Entry {
         false
     }
 
-    fn respond(&self, status: CacheStatus, if_none_match: Option<&HeaderValue>) -> Response<Body> {
+    /// The entry as an answer, its outcome in `X-Cache` and as the
+    /// extension the request is counted by.
+    fn respond(&self, status: CacheOutcome, if_none_match: Option<&HeaderValue>) -> Response<Body> {
         let not_modified = match (if_none_match, self.etag()) {
             (Some(wanted), Some(etag)) => etag_matches(wanted, etag),
             _ => false,
@@ -226,9 +205,9 @@ impl Entry {
         // A clone of a map that already holds every header: no growth, no
         // rehash; the `X-Cache` slot is overwritten in place.
         let mut headers = self.headers.clone();
-        if status != CacheStatus::Hit {
+        if status != CacheOutcome::Hit {
             if let Some(slot) = headers.get_mut(X_CACHE) {
-                *slot = status.header();
+                *slot = x_cache(status);
             }
         }
         let mut response = if not_modified {
@@ -240,6 +219,7 @@ impl Entry {
             Response::new(body::full(self.body.clone()))
         };
         *response.headers_mut() = headers;
+        response.extensions_mut().insert(status);
         response
     }
 }
@@ -274,7 +254,8 @@ impl Buffered {
         *response.headers_mut() = self.headers.clone();
         response
             .headers_mut()
-            .insert(X_CACHE, CacheStatus::Bypass.header());
+            .insert(X_CACHE, x_cache(CacheOutcome::Bypass));
+        response.extensions_mut().insert(CacheOutcome::Bypass);
         response
     }
 }
@@ -284,7 +265,7 @@ impl Buffered {
 enum Outcome {
     Entry {
         entry: Arc<Entry>,
-        status: CacheStatus,
+        status: CacheOutcome,
         upstream: Option<StatusCode>,
     },
     Passthrough(Buffered),
@@ -639,7 +620,7 @@ impl JsonCache {
             let mut response = Box::pin(forward).await?;
             response
                 .headers_mut()
-                .insert(X_CACHE, CacheStatus::Bypass.header());
+                .insert(X_CACHE, x_cache(CacheOutcome::Bypass));
             response.extensions_mut().insert(CacheOutcome::Bypass);
             return Ok(response);
         }
@@ -653,9 +634,7 @@ impl JsonCache {
             if let Some(entry) = &cached {
                 if entry.is_fresh(&parts.headers, SystemTime::now()) {
                     let if_none_match = parts.headers.get(header::IF_NONE_MATCH);
-                    let mut response = entry.respond(CacheStatus::Hit, if_none_match);
-                    response.extensions_mut().insert(CacheOutcome::Hit);
-                    return Ok(response);
+                    return Ok(entry.respond(CacheOutcome::Hit, if_none_match));
                 }
             }
         }
@@ -679,7 +658,7 @@ impl JsonCache {
             .flights
             .run(&key, || async move { Arc::new(refresh.await) })
             .await;
-        let (mut response, cache) = match &*outcome {
+        let mut response = match &*outcome {
             Outcome::Entry {
                 entry,
                 status,
@@ -689,22 +668,19 @@ impl JsonCache {
                 if let Some(s) = upstream {
                     response.extensions_mut().insert(UpstreamStatus(*s));
                 }
-                (response, status.outcome())
+                response
             }
             Outcome::Passthrough(buffered) => {
                 let mut response = buffered.respond();
                 response
                     .extensions_mut()
                     .insert(UpstreamStatus(buffered.status));
-                (response, CacheOutcome::Bypass)
+                response
             }
         };
-        let cache = if shared {
-            CacheOutcome::Coalesced
-        } else {
-            cache
-        };
-        response.extensions_mut().insert(cache);
+        if shared {
+            response.extensions_mut().insert(CacheOutcome::Coalesced);
+        }
         Ok(response)
     }
 
@@ -786,7 +762,7 @@ impl JsonCache {
                         self.store.put(key, fresh.clone(), persist).await;
                         Outcome::Entry {
                             entry: fresh,
-                            status: CacheStatus::Revalidated,
+                            status: CacheOutcome::Revalidated,
                             upstream: Some(status),
                         }
                     }
@@ -832,10 +808,10 @@ impl JsonCache {
                 let status = if entry.policy.is_storable() {
                     self.store.put(key, entry.clone(), Persist::Body).await;
                     self.learn_from_body(route, &entry.body);
-                    CacheStatus::Miss
+                    CacheOutcome::Miss
                 } else {
                     self.store.remove(key).await;
-                    CacheStatus::Bypass
+                    CacheOutcome::Bypass
                 };
                 Outcome::Entry {
                     entry,
@@ -874,7 +850,7 @@ impl JsonCache {
             {
                 Outcome::Entry {
                     entry,
-                    status: CacheStatus::Stale,
+                    status: CacheOutcome::Stale,
                     upstream: Some(failure.status),
                 }
             }

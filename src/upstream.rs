@@ -265,21 +265,18 @@ impl Upstream {
             return Err(MirrorError::Overloaded(1));
         };
         let started = Instant::now();
-        let response = tokio::time::timeout(self.timeout, self.client.request(request)).await;
-        let seconds = started.elapsed().as_secs_f64();
-        let response = match response {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                self.metrics.upstream(client.route, None, seconds);
-                return Err(MirrorError::UpstreamUnreachable(describe(&e)));
-            }
-            Err(_) => {
-                self.metrics.upstream(client.route, None, seconds);
-                return Err(MirrorError::UpstreamTimeout(self.timeout));
-            }
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(MirrorError::UpstreamUnreachable(describe(&e))),
+            Err(_) => Err(MirrorError::UpstreamTimeout(self.timeout)),
         };
-        self.metrics
-            .upstream(client.route, Some(response.status().as_u16()), seconds);
+        self.metrics.upstream(
+            client.route,
+            response.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed().as_secs_f64(),
+        );
+        let response = response?;
         if let Some(remaining) = response
             .headers()
             .get("x-ratelimit-remaining")

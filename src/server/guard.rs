@@ -227,9 +227,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Guarded<IO> {
             let _ = Pin::new(&mut self.io).poll_flush(cx);
             tracing::debug!("request head not received in time: 408");
         }
-        // Once only: end-of-stream from now on.
+        // The 408 once only: plain end-of-stream from now on.
         self.expired = Some(Expired::Idle);
-        self.h2 = true;
         Poll::Ready(Ok(()))
     }
 }
