@@ -19,8 +19,6 @@ use ghes_sim::fixtures::{ADMIN_TOKEN, PRIVATE_REPO, PUBLIC_REPO, PUBLIC_REPO_ID,
 use ghes_sim::NewArtifact;
 use http::{Method, StatusCode};
 
-const BIN: &str = env!("CARGO_BIN_EXE_artifact-mirror");
-
 /// Seeded artifacts: one public (with a digest), one private.
 const PUBLIC_ART: u64 = 1_000_001;
 const PRIVATE_ART: u64 = 1_000_006;
@@ -37,19 +35,8 @@ fn admin(args: &[&str], data_dir: &Path) -> Run {
     admin_with(args, Some(data_dir), &[])
 }
 
-/// The binary with no inherited ARTIFACT_MIRROR_* variables.
-fn bare() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ARTIFACT_MIRROR_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
 fn admin_with(args: &[&str], data_dir: Option<&Path>, env: &[(&str, &str)]) -> Run {
-    let mut cmd = bare();
+    let mut cmd = common::mirror_command();
     cmd.args(args);
     if let Some(dir) = data_dir {
         cmd.arg("--data-dir").arg(dir);
@@ -124,13 +111,7 @@ fn zip_path(repo: &str, id: u64) -> String {
 }
 
 fn blob_path(h: &Harness, id: u64) -> PathBuf {
-    let sha = h.sim.artifact(id).expect("artifact").sha256;
-    h.data_dir
-        .path()
-        .join("blobs")
-        .join("sha256")
-        .join(&sha[..2])
-        .join(sha)
+    h.blob_file(&h.sim.artifact(id).expect("artifact").sha256)
 }
 
 fn sidecar_path(blob: &Path) -> PathBuf {
@@ -662,7 +643,7 @@ async fn gc_applies_a_lowered_quota_least_recently_used_first() {
 #[test]
 fn commands_refuse_a_data_dir_a_running_server_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bare()
+    let mut child = common::mirror_command()
         .args([
             "serve",
             "--upstream",

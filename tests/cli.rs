@@ -9,19 +9,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_artifact-mirror");
-
-/// The binary with no inherited ARTIFACT_MIRROR_* variables.
-fn mirror() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ARTIFACT_MIRROR_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
         status,
@@ -64,14 +51,18 @@ fn file_then_env_then_flag() {
             t["connect_timeout"].as_str().unwrap().to_owned(),
         )
     };
-    let file_only = listen(mirror().args(["check-config", "--config"]).arg(&config));
+    let file_only = listen(
+        common::mirror_command()
+            .args(["check-config", "--config"])
+            .arg(&config),
+    );
     assert_eq!(
         file_only,
         ("127.0.0.1:1111".into(), "/from/file".into(), "7s".into())
     );
 
     let env = listen(
-        mirror()
+        common::mirror_command()
             .args(["check-config", "--config"])
             .arg(&config)
             .env("ARTIFACT_MIRROR_LISTEN", "127.0.0.1:2222"),
@@ -82,7 +73,7 @@ fn file_then_env_then_flag() {
     );
 
     let flag = listen(
-        mirror()
+        common::mirror_command()
             .args(["check-config", "--listen", "127.0.0.1:3333", "--config"])
             .arg(&config)
             .env("ARTIFACT_MIRROR_LISTEN", "127.0.0.1:2222")
@@ -95,7 +86,7 @@ fn file_then_env_then_flag() {
 
     // The file itself can come from the environment.
     let via_env = listen(
-        mirror()
+        common::mirror_command()
             .arg("check-config")
             .env("ARTIFACT_MIRROR_CONFIG", &config),
     );
@@ -104,7 +95,7 @@ fn file_then_env_then_flag() {
 
 #[test]
 fn upstream_alone_gives_the_defaults() {
-    let (code, out, err) = run(mirror().args([
+    let (code, out, err) = run(common::mirror_command().args([
         "check-config",
         "--upstream",
         "https://ghes.example.com/api/v3/",
@@ -123,7 +114,7 @@ fn upstream_alone_gives_the_defaults() {
 #[test]
 fn shipped_config_file_checks() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/artifact-mirror.toml");
-    let (code, _, err) = run(mirror()
+    let (code, _, err) = run(common::mirror_command()
         .args([
             "check-config",
             "--upstream",
@@ -197,7 +188,7 @@ fn check_config_names_the_bad_setting_and_exits_2() {
     ];
     for (text, env, needle) in cases {
         let config = write_config(dir.path(), text);
-        let mut cmd = mirror();
+        let mut cmd = common::mirror_command();
         cmd.args(["check-config", "--config"]).arg(&config);
         for (k, v) in *env {
             cmd.env(k, v);
@@ -213,7 +204,8 @@ fn check_config_names_the_bad_setting_and_exits_2() {
             "{text:?}: printed settings despite the error"
         );
     }
-    let (code, _, err) = run(mirror().args(["check-config", "--config", "/nonexistent.toml"]));
+    let (code, _, err) =
+        run(common::mirror_command().args(["check-config", "--config", "/nonexistent.toml"]));
     assert_eq!(code, 2);
     assert!(err.contains("cannot read config file"), "{err}");
 }
@@ -226,7 +218,7 @@ fn serve_answers_and_stops_on_sigterm() {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let mut child = mirror()
+    let mut child = common::mirror_command()
         .args([
             "serve",
             "--upstream",
@@ -284,7 +276,7 @@ fn serve_answers_and_stops_on_sigterm() {
 fn serve_refuses_a_data_dir_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _held = artifact_mirror::index::Index::open(&dir.path().join("index"), 1 << 20).unwrap();
-    let (code, _, err) = run(mirror()
+    let (code, _, err) = run(common::mirror_command()
         .args([
             "serve",
             "--upstream",

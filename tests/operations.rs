@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, request, send, Harness, Reply, TIMEOUT};
+use common::{get, hex, request, send, Harness, Reply, TIMEOUT};
 use ghes_sim::fixtures::{ADMIN_TOKEN, PRIVATE_REPO, READER_TOKEN};
 use ghes_sim::{NewArtifact, Sim, SimConfig};
 use http::{Method, StatusCode};
@@ -35,31 +35,8 @@ fn zip_path(id: u64) -> String {
     format!("/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip")
 }
 
-fn stored_files(h: &Harness) -> usize {
-    let root = h.data_dir.path().join("blobs").join("sha256");
-    std::fs::read_dir(root)
-        .map(|shards| {
-            shards
-                .filter_map(Result::ok)
-                .filter_map(|s| std::fs::read_dir(s.path()).ok())
-                .flat_map(|files| files.filter_map(Result::ok))
-                .filter(|f| f.path().extension().is_none())
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 fn is_stored(h: &Harness, zip: &Bytes) -> bool {
-    let sha: String = Sha256::digest(zip)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    h.data_dir
-        .path()
-        .join("blobs/sha256")
-        .join(&sha[..2])
-        .join(&sha)
-        .is_file()
+    h.blob_file(&hex(&Sha256::digest(zip))).is_file()
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -431,7 +408,7 @@ async fn blobs_over_max_blob_bytes_are_streamed_not_stored() {
                 .unwrap_or(false)
         })
         .await;
-        assert_eq!(stored_files(&h), 0, "nothing kept");
+        assert_eq!(h.stored_files(), 0, "nothing kept");
         assert_eq!(h.sim.counters().blob_gets, round, "fetched again each time");
     }
 }
@@ -481,7 +458,7 @@ async fn serve_process(sim: &Sim, data_dir: &Path) -> (std::process::Child, u16)
 }
 
 fn spawn_serve(sim: &Sim, data_dir: &Path, port: u16) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_artifact-mirror"))
+    common::mirror_command()
         .args(["serve", "--upstream", &sim.api_base(), "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, get_with, request, send, Harness, Reply, TIMEOUT};
+use common::{get, get_with, hex, request, send, Harness, Reply, TIMEOUT};
 use ghes_sim::fixtures::{ADMIN_TOKEN, OUTSIDER_TOKEN, PRIVATE_REPO, PUBLIC_REPO, READER_TOKEN};
 use ghes_sim::NewArtifact;
 use http::{Method, StatusCode};
@@ -50,46 +50,29 @@ async fn download(h: &Harness, repo: &str, id: u64, token: Option<&str>) -> (Rep
     (first, Some(blob))
 }
 
-/// How many stored blob files exist under the data dir (their `.json`
-/// sidecars not counted).
-fn stored_files(h: &Harness) -> usize {
-    let root = h.data_dir.path().join("blobs").join("sha256");
-    std::fs::read_dir(root)
-        .map(|shards| {
-            shards
-                .filter_map(Result::ok)
-                .filter_map(|s| std::fs::read_dir(s.path()).ok())
-                .map(|files| files.filter_map(Result::ok).filter(is_blob).count())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn is_blob(entry: &std::fs::DirEntry) -> bool {
-    entry.path().extension().is_none()
-}
-
 /// Waits (bounded) until this zip is stored and `count` files are.
 async fn until_holds(h: &Harness, zip: &Bytes, count: usize) {
-    let sha = hex(&Sha256::digest(zip));
-    let path = h
-        .data_dir
-        .path()
-        .join("blobs")
-        .join("sha256")
-        .join(&sha[..2])
-        .join(&sha);
+    let path = h.blob_file(&hex(&Sha256::digest(zip)));
     let deadline = Instant::now() + TIMEOUT;
-    while !(path.is_file() && stored_files(h) == count) {
+    while !(path.is_file() && h.stored_files() == count) {
         assert!(Instant::now() < deadline, "blob never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// The `Range` of every request the blob host received, in order.
+fn blob_ranges(h: &Harness) -> Vec<Option<String>> {
+    h.sim
+        .blob_requests()
+        .iter()
+        .map(|r| r.header("range").map(str::to_owned))
+        .collect()
+}
+
 /// Waits (bounded) until the fill of an artifact has been stored.
 async fn until_stored(h: &Harness, count: usize) {
     let deadline = Instant::now() + TIMEOUT;
-    while stored_files(h) < count {
+    while h.stored_files() < count {
         assert!(Instant::now() < deadline, "blob never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -200,22 +183,12 @@ async fn concurrent_cold_downloads_make_one_fetch_and_stream_as_it_arrives() {
     h.sim.reset_counters();
     let mirror = h.mirror;
     let url = h.url(&zip_path(PUBLIC_REPO, art.id));
-    let data_dir = h.data_dir.path().to_owned();
+    let stored_file = h.blob_file(&expected);
     // When the fill is stored, as seen from outside.
     let watcher = tokio::spawn(async move {
-        let root = data_dir.join("blobs").join("sha256");
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let stored = std::fs::read_dir(&root)
-                .map(|d| {
-                    d.filter_map(Result::ok).any(|s| {
-                        std::fs::read_dir(s.path())
-                            .map(|f| f.filter_map(Result::ok).any(|e| is_blob(&e)))
-                            .unwrap_or(false)
-                    })
-                })
-                .unwrap_or(false);
-            if stored || Instant::now() > deadline {
+            if stored_file.is_file() || Instant::now() > deadline {
                 return Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -297,12 +270,7 @@ async fn a_cut_transfer_resumes_with_range() {
     assert_eq!(blob.status, StatusCode::OK);
     assert_eq!(blob.body, zip);
     until_stored(&h, 1).await;
-    let ranges: Vec<Option<String>> = h
-        .sim
-        .blob_requests()
-        .iter()
-        .map(|r| r.header("range").map(str::to_owned))
-        .collect();
+    let ranges = blob_ranges(&h);
     assert_eq!(
         ranges,
         vec![
@@ -331,12 +299,7 @@ async fn a_stalled_blob_store_is_resumed_after_the_upstream_timeout() {
     assert_eq!(blob.status, StatusCode::OK);
     assert_eq!(blob.body, zip);
     until_stored(&h, 1).await;
-    let ranges: Vec<Option<String>> = h
-        .sim
-        .blob_requests()
-        .iter()
-        .map(|r| r.header("range").map(str::to_owned))
-        .collect();
+    let ranges = blob_ranges(&h);
     assert_eq!(ranges, vec![None, Some("bytes=100000-".into())]);
 }
 
@@ -365,7 +328,7 @@ async fn a_transfer_that_cannot_finish_stores_nothing_and_the_next_one_works() {
         outcome.is_err(),
         "a cut fill must end the client's stream in error"
     );
-    assert_eq!(stored_files(&h), 0);
+    assert_eq!(h.stored_files(), 0);
     h.sim.knobs().clear();
     let (_, blob) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
     assert_eq!(blob.unwrap().body, zip);
@@ -419,7 +382,7 @@ async fn digest_or_size_mismatch_is_never_stored() {
         );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stored_files(&h), 0);
+    assert_eq!(h.stored_files(), 0);
 }
 
 #[tokio::test]
@@ -472,7 +435,7 @@ async fn quota_evicts_the_least_recently_used_and_expiry_and_delete_drop_blobs()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Two fit; the first downloaded went.
-    assert_eq!(stored_files(&h), 2);
+    assert_eq!(h.stored_files(), 2);
     let blob_gets = h.sim.counters().blob_gets;
     let (again, _) = download(&h, PUBLIC_REPO, arts[2].id, Some(READER_TOKEN)).await;
     assert_eq!(x_cache(&again), "HIT");
@@ -489,7 +452,7 @@ async fn quota_evicts_the_least_recently_used_and_expiry_and_delete_drop_blobs()
     h.sim.expire_artifact(arts[2].id);
     let (gone, _) = download(&h, PUBLIC_REPO, arts[2].id, Some(ADMIN_TOKEN)).await;
     assert_eq!(gone.status, StatusCode::GONE);
-    assert_eq!(stored_files(&h), 1);
+    assert_eq!(h.stored_files(), 1);
     // Deleted through the mirror: the blob goes too.
     let del = send(request(
         Method::DELETE,
@@ -501,11 +464,7 @@ async fn quota_evicts_the_least_recently_used_and_expiry_and_delete_drop_blobs()
     ))
     .await;
     assert_eq!(del.status, StatusCode::NO_CONTENT);
-    assert_eq!(stored_files(&h), 0);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    assert_eq!(h.stored_files(), 0);
 }
 
 #[tokio::test]
@@ -615,7 +574,7 @@ async fn artifacts_with_identical_content_share_one_file_until_the_last_goes() {
         assert_eq!(blob.unwrap().body, zip);
         until_holds(&h, &zip, 1).await;
     }
-    assert_eq!(stored_files(&h), 1, "one file for both");
+    assert_eq!(h.stored_files(), 1, "one file for both");
     let delete = |id: u64| {
         request(
             Method::DELETE,
@@ -626,7 +585,7 @@ async fn artifacts_with_identical_content_share_one_file_until_the_last_goes() {
     // Deleting one keeps the file the other still names: the twin is
     // served from the store, with no new blob fetch.
     assert_eq!(send(delete(first.id)).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(stored_files(&h), 1, "the twin still names the file");
+    assert_eq!(h.stored_files(), 1, "the twin still names the file");
     let blob_gets = h.sim.counters().blob_gets;
     let (redirect, blob) = download(&h, PRIVATE_REPO, twin.id, Some(READER_TOKEN)).await;
     assert_eq!(x_cache(&redirect), "HIT");
@@ -634,7 +593,7 @@ async fn artifacts_with_identical_content_share_one_file_until_the_last_goes() {
     assert_eq!(h.sim.counters().blob_gets, blob_gets);
     // Deleting the last one removes the file.
     assert_eq!(send(delete(twin.id)).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(stored_files(&h), 0);
+    assert_eq!(h.stored_files(), 0);
 }
 
 #[tokio::test]
@@ -646,13 +605,7 @@ async fn a_record_whose_file_vanished_is_dropped_and_the_zip_fetched_again() {
     until_holds(&h, &zip, 1).await;
     let location = redirect.header("location").unwrap().to_owned();
     // The file goes behind the mirror's back (an operator, a full disk...).
-    let sha = hex(&Sha256::digest(&zip));
-    let path = h
-        .data_dir
-        .path()
-        .join("blobs/sha256")
-        .join(&sha[..2])
-        .join(&sha);
+    let path = h.blob_file(&hex(&Sha256::digest(&zip)));
     std::fs::remove_file(&path).unwrap();
     let gone = get(&location, None).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);

@@ -60,6 +60,32 @@ impl Harness {
         }
     }
 
+    /// Where the store keeps the blob whose content has this sha256 (hex).
+    pub fn blob_file(&self, sha256: &str) -> std::path::PathBuf {
+        self.data_dir
+            .path()
+            .join("blobs")
+            .join("sha256")
+            .join(sha256.get(..2).unwrap_or("00"))
+            .join(sha256)
+    }
+
+    /// How many blob files the store holds (their `.json` sidecars not
+    /// counted).
+    pub fn stored_files(&self) -> usize {
+        let root = self.data_dir.path().join("blobs").join("sha256");
+        std::fs::read_dir(root)
+            .map(|shards| {
+                shards
+                    .filter_map(Result::ok)
+                    .filter_map(|s| std::fs::read_dir(s.path()).ok())
+                    .flat_map(|files| files.filter_map(Result::ok))
+                    .filter(|f| f.path().extension().is_none())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// `http://127.0.0.1:PORT/api/v3{path}`
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/api/v3{path}", self.mirror)
@@ -215,4 +241,21 @@ pub fn wait_bounded(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The built binary, with no inherited `ARTIFACT_MIRROR_*` (or `RUST_LOG`)
+/// variables: each test says what it sets.
+pub fn mirror_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_artifact-mirror"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ARTIFACT_MIRROR_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
