@@ -294,7 +294,13 @@ impl BlobStore {
     /// under way.
     pub fn lookup(&self, artifact: u64) -> Option<Available> {
         if let Some(fill) = self.lock().get(&artifact) {
-            return Some(Available::Filling(fill.clone()));
+            // A fill that ended by keeping its blob stays in the map for a
+            // moment after its index record is written: serve the store then.
+            let kept = !fill.transient.load(Ordering::Relaxed)
+                && matches!(fill.state.borrow().outcome, Some(Ok(_)));
+            if !kept {
+                return Some(Available::Filling(fill.clone()));
+            }
         }
         let record: BlobRecord = match self.index.blob_get(artifact) {
             Ok(Some(v)) => serde_json::from_slice(&v).ok()?,

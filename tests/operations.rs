@@ -85,6 +85,7 @@ async fn download_stored(h: &Harness, id: u64, zip: &Bytes, remaining: &mut Vec<
     assert_eq!(redirect.status, StatusCode::FOUND);
     note_remaining(&redirect, remaining);
     until("blob stored", || is_stored(h, zip)).await;
+    h.until_fills_end().await;
     let location = redirect.header("location").expect("location").to_owned();
     let blob = get(&location, None).await;
     assert_eq!(&blob.body, zip);

@@ -58,6 +58,7 @@ async fn until_holds(h: &Harness, zip: &Bytes, count: usize) {
         assert!(Instant::now() < deadline, "blob never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    h.until_fills_end().await;
 }
 
 /// The `Range` of every request the blob host received, in order.
@@ -76,6 +77,7 @@ async fn until_stored(h: &Harness, count: usize) {
         assert!(Instant::now() < deadline, "blob never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    h.until_fills_end().await;
 }
 
 #[tokio::test]

@@ -3,8 +3,10 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use artifact_mirror::app::App;
 use artifact_mirror::config::{Layer, Settings};
 use artifact_mirror::server::Server;
 use bytes::Bytes;
@@ -24,6 +26,13 @@ pub struct Harness {
     pub mirror: SocketAddr,
     pub data_dir: tempfile::TempDir,
     layer: Layer,
+    running: Running,
+}
+
+/// A mirror started in this process.
+struct Running {
+    /// Weak: a stopped mirror must release its index to the admin commands.
+    app: Weak<App>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -49,14 +58,29 @@ impl Harness {
             ..Layer::default()
         };
         tune(&mut layer);
-        let (mirror, stop, task) = start_mirror(layer.clone()).await;
+        let (mirror, running) = start_mirror(layer.clone()).await;
         Harness {
             sim,
             mirror,
             data_dir,
             layer,
-            stop: Some(stop),
-            task: Some(task),
+            running,
+        }
+    }
+
+    /// Waits (bounded) until no blob fill is under way. A stored file lands
+    /// before its fill ends, and a request in between is answered from the
+    /// fill (`COALESCED`), not the store (`HIT`).
+    pub async fn until_fills_end(&self) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self
+            .running
+            .app
+            .upgrade()
+            .is_some_and(|a| a.fills_in_flight() > 0)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "a fill never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -101,18 +125,17 @@ impl Harness {
         self.stop_mirror().await;
         let mut layer = self.layer.clone();
         layer.listen = Some(self.mirror);
-        let (mirror, stop, task) = start_mirror(layer).await;
+        let (mirror, running) = start_mirror(layer).await;
         self.mirror = mirror;
-        self.stop = Some(stop);
-        self.task = Some(task);
+        self.running = running;
     }
 
     /// Stops the mirror and waits until it has shut down.
     pub async fn stop_mirror(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        if let Some(stop) = self.running.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.running.task.take() {
             tokio::time::timeout(TIMEOUT, task)
                 .await
                 .expect("mirror stops in time")
@@ -123,23 +146,28 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.running.task.take() {
             task.abort();
         }
     }
 }
 
-/// Starts a mirror with these settings; returns its address, a stop switch
-/// and its task.
-pub async fn start_mirror(layer: Layer) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+/// Starts a mirror with these settings; returns its address and handles.
+async fn start_mirror(layer: Layer) -> (SocketAddr, Running) {
     let settings = Settings::resolve(layer).expect("valid test settings");
     let server = Server::bind(&settings).await.expect("mirror binds");
     let addr = server.local_addr().expect("local addr");
+    let app = Arc::downgrade(&server.app());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    (addr, stop, task)
+    let running = Running {
+        app,
+        stop: Some(stop),
+        task: Some(task),
+    };
+    (addr, running)
 }
 
 /// A whole answer.
