@@ -42,7 +42,7 @@ pub enum CacheCommand {
     /// from the blob files' sidecars, remove orphans.
     Verify(ConfigArgs),
     /// Apply the blob quota and expiry and the JSON cache's age and size
-    /// limits now.
+    /// limits now; drop facts of expired artifacts and unused grants.
     Gc(ConfigArgs),
 }
 
@@ -262,7 +262,7 @@ fn verify(settings: &Settings) -> Result<String, AdminError> {
 fn gc(settings: &Settings) -> Result<String, AdminError> {
     let (index, store, reconciled) = open_store(settings)?;
     let before = store.stored_bytes();
-    let swept = store.enforce_quota();
+    let swept = store.housekeep();
     let oldest = now_ms().saturating_sub(millis(settings.json_max_age.0));
     let json_before = index.json_bytes();
     let dropped = index.json_evict(settings.json_disk_bytes, oldest)?;
@@ -283,8 +283,13 @@ fn gc(settings: &Settings) -> Result<String, AdminError> {
         settings.json_disk_bytes,
         index.json_bytes(),
     );
+    let index_records = format!(
+        "  index: facts of {} expired artifacts and grants of {} artifacts without a stored blob removed\n",
+        swept.facts.len(),
+        swept.grants.len(),
+    );
     Ok(format!(
-        "{reconciled}gc {}:\n{blobs}{json}",
+        "{reconciled}gc {}:\n{blobs}{json}{index_records}",
         settings.data_dir.display()
     ))
 }

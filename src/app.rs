@@ -10,6 +10,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 
 use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
+use crate::blobs::Swept;
 use crate::body::{Body, BoxError};
 use crate::config::Settings;
 use crate::download::Downloads;
@@ -64,6 +65,11 @@ impl App {
     /// Blob fills under way (shutdown waits for them within its grace).
     pub fn fills_in_flight(&self) -> u64 {
         self.downloads.blobs().live().fills_in_flight
+    }
+
+    /// The store's periodic cleanup; blocking (it reads whole trees).
+    pub fn housekeep(&self) -> Swept {
+        self.downloads.blobs().housekeep()
     }
 
     pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<LoggedBody>

@@ -36,8 +36,6 @@ use crate::upstream::BlobFetcher;
 
 /// Transfers attempted per fill (the first and the resumes).
 const ATTEMPTS: u32 = 5;
-/// Least time between two expiry sweeps triggered by stored blobs.
-const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Bytes per frame sent to clients.
 const CHUNK: usize = 256 * 1024;
 
@@ -105,13 +103,23 @@ pub struct BlobRecord {
     pub repo: Option<String>,
 }
 
-/// Artifacts whose blobs [`BlobStore::enforce_quota`] dropped.
+/// What [`BlobStore::housekeep`] dropped, by artifact.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Past their `expires_at`.
+    /// Blobs past their `expires_at`.
     pub expired: Vec<u64>,
-    /// Least recently used, past the quota.
+    /// Blobs least recently used, past the quota.
     pub evicted: Vec<u64>,
+    /// Facts of artifacts past their `expires_at` (with their grants).
+    pub facts: Vec<u64>,
+    /// Grants of artifacts with no blob stored or being filled.
+    pub grants: Vec<u64>,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        self == &Swept::default()
+    }
 }
 
 /// Where a fill stands; watched by every client reading it.
@@ -197,8 +205,6 @@ pub struct BlobStore {
     quota: u64,
     max_blob: u64,
     linger: Duration,
-    /// Unix seconds of the last expiry sweep after a stored blob.
-    last_expiry_sweep: AtomicU64,
     stored_bytes: AtomicU64,
     stored_blobs: AtomicU64,
     fills: Mutex<HashMap<u64, Arc<Fill>>>,
@@ -229,7 +235,6 @@ impl BlobStore {
             quota: limits.quota,
             max_blob: limits.max_blob.min(limits.quota),
             linger: limits.linger,
-            last_expiry_sweep: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_blobs: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
@@ -328,8 +333,9 @@ impl BlobStore {
     }
 
     /// Drops an artifact's blob (deleted, expired or evicted); the file goes
-    /// when no other artifact shares its content.
-    pub fn remove(&self, artifact: u64, reason: Eviction) {
+    /// when no other artifact shares its content. Returns whether a blob
+    /// was stored.
+    pub fn remove(&self, artifact: u64, reason: Eviction) -> bool {
         let removed = match self.index.blob_remove(artifact) {
             Ok(Some(v)) => serde_json::from_slice::<BlobRecord>(&v).ok(),
             Ok(None) => None,
@@ -341,7 +347,9 @@ impl BlobStore {
         if let Err(e) = self.index.grants_remove_artifact(artifact) {
             tracing::warn!(error = %e, "grants not removed");
         }
-        let Some(record) = removed else { return };
+        let Some(record) = removed else {
+            return false;
+        };
         self.metrics.evicted(reason);
         let _ = self
             .stored_blobs
@@ -369,6 +377,7 @@ impl BlobStore {
                 tracing::warn!(error = %e, "blob file not removed");
             }
         }
+        true
     }
 
     /// Whether another artifact's record still names the file `path` (of
@@ -634,30 +643,64 @@ impl BlobStore {
             .map_err(|e| e.to_string())?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
         self.stored_blobs.fetch_add(1, Ordering::Relaxed);
-        // The expiry sweep reads every record: after a stored blob it runs
-        // at most once a minute (lookups drop expired blobs on their own).
-        let now = now_secs();
-        let last = self.last_expiry_sweep.load(Ordering::Relaxed);
-        let sweep = now.saturating_sub(last) >= EXPIRY_SWEEP_EVERY.as_secs()
-            && self
-                .last_expiry_sweep
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        let mut swept = Swept::default();
-        if sweep {
-            self.sweep_expired(&mut swept);
-        }
-        self.evict_over_quota(&mut swept);
+        // Expired blobs are left to lookups and housekeeping: finding them
+        // reads every record.
+        self.evict_over_quota(&mut Swept::default());
         Ok(record)
     }
 
-    /// Evicts least recently used blobs past the quota, and expired ones;
-    /// returns what went (`cache gc` reports it).
-    pub fn enforce_quota(&self) -> Swept {
+    /// Drops expired blobs, then least recently used ones past the quota,
+    /// and index records that outlived their use; returns what went. Reads
+    /// every blob record, fact and grant key: `cache gc` and the server's
+    /// periodic task call it, off the async threads.
+    pub fn housekeep(&self) -> Swept {
         let mut swept = Swept::default();
         self.sweep_expired(&mut swept);
+        self.sweep_index(&mut swept);
         self.evict_over_quota(&mut swept);
         swept
+    }
+
+    /// Facts are written for every artifact any list names and grants for
+    /// every download; without this both would grow for as long as the
+    /// mirror runs. An expired artifact's facts (and its blob and grants)
+    /// serve nothing: GitHub answers 410 for it. A grant only spares the
+    /// renewal call for a stored or filling blob; without one, the
+    /// download endpoint is called anyway. Either may be dropped at any
+    /// moment: the cost is one API call, never a wrong answer.
+    fn sweep_index(&self, swept: &mut Swept) {
+        let now = now_secs();
+        let expired = self.index.facts_remove_where(|v| {
+            serde_json::from_slice::<Facts>(v)
+                .ok()
+                .and_then(|f| f.expires_at)
+                .is_some_and(|t| t <= now)
+        });
+        match expired {
+            Ok(ids) => {
+                for &id in &ids {
+                    if self.remove(id, Eviction::Expired) {
+                        swept.expired.push(id);
+                    }
+                }
+                swept.facts = ids;
+            }
+            Err(e) => tracing::warn!(error = %e, "expired facts not swept"),
+        }
+        let granted = match self.index.granted_artifacts() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "grants not swept");
+                return;
+            }
+        };
+        for id in granted {
+            let unused =
+                matches!(self.index.blob_get(id), Ok(None)) && !self.lock().contains_key(&id);
+            if unused && self.index.grants_remove_artifact(id).is_ok() {
+                swept.grants.push(id);
+            }
+        }
     }
 
     fn sweep_expired(&self, swept: &mut Swept) {

@@ -310,6 +310,36 @@ impl Index {
         Ok(self.facts.remove(artifact.to_be_bytes())?.is_some())
     }
 
+    /// Drops the facts `stale` picks, one record in memory at a time;
+    /// returns their artifacts.
+    pub fn facts_remove_where(
+        &self,
+        mut stale: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<u64>, sled::Error> {
+        let mut removed = Vec::new();
+        for item in self.facts.iter() {
+            let (k, v) = item?;
+            if stale(&v) {
+                self.facts.remove(&k)?;
+                removed.push(u64_key(&k));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Each artifact some credential holds a grant for, once (grant keys
+    /// start with the artifact, so they come grouped).
+    pub fn granted_artifacts(&self) -> Result<Vec<u64>, sled::Error> {
+        let mut out = Vec::new();
+        for key in self.grants.iter().keys() {
+            let id = u64_key(&key?);
+            if out.last() != Some(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn blob_get(&self, artifact: u64) -> Result<Option<IVec>, sled::Error> {
         self.blobs.get(artifact.to_be_bytes())
     }
@@ -520,6 +550,23 @@ mod tests {
             }
         );
         assert_eq!(index.stats().unwrap(), IndexStats::default());
+    }
+
+    #[test]
+    fn facts_are_dropped_by_predicate_and_grants_listed_once_per_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        for (id, facts) in [(3, b"old"), (5, b"new"), (9, b"old")] {
+            index.facts_put(id, facts).unwrap();
+        }
+        assert_eq!(index.facts_remove_where(|v| v == b"old").unwrap(), [3, 9]);
+        assert_eq!(index.facts_all().unwrap().len(), 1);
+        assert!(index.facts_get(5).unwrap().is_some());
+
+        for (id, cred) in [(300, &b"a"[..]), (7, b"a"), (300, b"b"), (7, b"c")] {
+            index.grant_put(id, cred, 1).unwrap();
+        }
+        assert_eq!(index.granted_artifacts().unwrap(), [7, 300]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -95,6 +95,8 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the store drops expired blobs and index records nothing uses.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -237,6 +239,7 @@ impl Server {
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(self.max_connections));
+        let housekeeping = tokio::spawn(housekeeping(Arc::downgrade(&self.app)));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -326,6 +329,7 @@ impl Server {
             }
         }
         drop(self.listener);
+        housekeeping.abort();
         tracing::info!(grace = ?self.grace, "shutting down: no new connections");
         let deadline = tokio::time::Instant::now() + self.grace;
         tokio::select! {
@@ -349,6 +353,31 @@ impl Server {
         }
         if let Err(e) = self.app.index().flush().await {
             tracing::error!(error = %e, "index flush failed");
+        }
+    }
+}
+
+/// Runs the store's housekeeping every [`HOUSEKEEPING_EVERY`] on the
+/// blocking pool (it reads whole index trees). Holds the app weakly, so a
+/// stopped server releases its index even while this task is winding down.
+async fn housekeeping(app: Weak<App>) {
+    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and a start has just reconciled the store.
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        match tokio::task::spawn_blocking(move || app.housekeep()).await {
+            Ok(swept) if !swept.is_empty() => tracing::info!(
+                expired_blobs = swept.expired.len(),
+                evicted_blobs = swept.evicted.len(),
+                expired_facts = swept.facts.len(),
+                unused_grants = swept.grants.len(),
+                "housekeeping"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "housekeeping failed"),
         }
     }
 }

@@ -637,6 +637,74 @@ async fn gc_applies_a_lowered_quota_least_recently_used_first() {
     assert_eq!(h.sim.counters().blob_gets, 1);
 }
 
+#[tokio::test]
+async fn gc_drops_facts_of_expired_artifacts_and_grants_without_a_blob() {
+    let mut h = Harness::start_with(|l| {
+        l.max_blob_bytes = Some(150_000);
+        // The unkept blob lingers this long, holding the store open.
+        l.blob_url_ttl = Some("1s".parse().unwrap());
+    })
+    .await;
+    let add = |name: &str, payload_bytes| {
+        h.sim.add_artifact(NewArtifact {
+            repo: PUBLIC_REPO.into(),
+            run_id: 9001,
+            name: name.into(),
+            payload_bytes,
+            with_digest: true,
+            expired: false,
+        })
+    };
+    let (kept, gone, big) = (
+        add("kept", 50_000),
+        add("gone", 60_000),
+        add("big", 200_000),
+    );
+    for art in [&kept, &gone, &big] {
+        download(&h, &zip_path(PUBLIC_REPO, art.id), READER_TOKEN).await;
+    }
+    // `big` is over max_blob_bytes: streamed, not stored, yet granted.
+    // `gone` expires upstream, and the next list says so.
+    h.sim.expire_artifact(gone.id);
+    let list = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    assert_eq!(get(&list, Some(READER_TOKEN)).await.status, StatusCode::OK);
+    stop(&mut h).await;
+    let dir = h.data_dir.path();
+    let before = stats(dir);
+    let count = |s: &serde_json::Value, what: &str| s["index"][what].as_u64().expect(what);
+    assert_eq!(count(&before, "grants"), 3);
+
+    let run = admin(&["cache", "gc"], dir);
+    assert_eq!(run.code, 0, "{}", run.err);
+    for line in [
+        "blobs: 1 expired and 0 least recently used",
+        "index: facts of 1 expired artifacts and grants of 1 artifacts without a stored blob removed",
+    ] {
+        assert!(run.out.contains(line), "{line:?} not in {}", run.out);
+    }
+    let after = stats(dir);
+    assert_eq!(count(&after, "facts"), count(&before, "facts") - 1);
+    assert_eq!(count(&after, "grants"), 1, "only the stored blob's grant");
+    assert!(!blob_path(&h, gone.id).exists());
+    assert!(blob_path(&h, kept.id).exists());
+    let again = admin(&["cache", "gc"], dir);
+    assert!(
+        again
+            .out
+            .contains("facts of 0 expired artifacts and grants of 0 artifacts"),
+        "{}",
+        again.out
+    );
+
+    // The kept blob is still served from the store, on its kept grant.
+    h.restart_mirror().await;
+    h.sim.reset_counters();
+    let (redirect, body) = download(&h, &zip_path(PUBLIC_REPO, kept.id), READER_TOKEN).await;
+    assert_eq!(x_cache(&redirect), "HIT");
+    assert_eq!(body, h.sim.zip_bytes(kept.id).unwrap());
+    assert_eq!(h.sim.counters().blob_gets, 0);
+}
+
 /// `serve` names itself in server.json; commands that need the index
 /// refuse with its pid, `stats` reports what it can; after SIGTERM the file
 /// is gone and the commands work again.
