@@ -318,9 +318,11 @@ async fn connections_past_the_limit_get_503_with_retry_after() {
     let h = Harness::start_with(|l| l.max_connections = Some(2)).await;
     let addr = h.mirror;
     tokio::task::spawn_blocking(move || {
-        let held: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        // Both held connections are accepted before the third arrives.
-        std::thread::sleep(Duration::from_millis(200));
+        let mut held: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // An answer on each proves both were accepted before the third.
+        for s in &mut held {
+            assert_eq!(exchange(s, "/healthz"), "HTTP/1.1 200 OK");
+        }
         let mut third = TcpStream::connect(addr).unwrap();
         let (answer, closed) = read_until_closed(&mut third, Duration::from_secs(10));
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer:.80}");
