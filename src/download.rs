@@ -14,6 +14,7 @@ use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 
+use crate::access_log::UpstreamStatus;
 use crate::blobs::{self, Available, BlobStore, Facts, Relocate, Source};
 use crate::body::{self, Body};
 use crate::clock::{millis, now_ms};
@@ -47,8 +48,13 @@ pub struct Downloads {
 /// What renewing a grant said.
 enum Renewal {
     /// How the JSON cache answered the renewal (a 304 and a young grant are
-    /// free; a full 200 cost a unit).
-    Allowed(CacheOutcome),
+    /// free; a full 200 cost a unit), and whether upstream said yes just now
+    /// (a 200 or 304), as opposed to a young grant or a fresh cached answer
+    /// standing in for it.
+    Allowed {
+        outcome: CacheOutcome,
+        confirmed: bool,
+    },
     /// Upstream says no (404/410/401/403): the grant ends, its answer goes back.
     Denied(Response<Body>),
     /// Upstream failed: its answer goes back, the grant stays.
@@ -111,13 +117,25 @@ impl Downloads {
             let young = self.mode == Revalidate::WhenStale
                 && now.saturating_sub(granted_at) < millis(self.max_fresh);
             let renewal = if young {
-                Renewal::Allowed(CacheOutcome::Hit)
+                Renewal::Allowed {
+                    outcome: CacheOutcome::Hit,
+                    confirmed: false,
+                }
             } else {
                 self.renew(repo, artifact, &parts, client).await?
             };
             match renewal {
-                Renewal::Allowed(renewed) => {
-                    self.grant(artifact, credential.as_bytes(), now);
+                Renewal::Allowed {
+                    outcome: renewed,
+                    confirmed,
+                } => {
+                    // The grant's time is when upstream last said yes: a
+                    // young grant (or a fresh cached answer) used again must
+                    // not make itself younger, or a client downloading more
+                    // often than `max_fresh` would never be asked about again.
+                    if confirmed {
+                        self.grant(artifact, credential.as_bytes(), now);
+                    }
                     let status = match self.blobs.lookup(artifact) {
                         Some(Available::Stored(..)) => Some("HIT"),
                         Some(Available::Filling(_)) => Some("COALESCED"),
@@ -256,8 +274,14 @@ impl Downloads {
             .get::<CacheOutcome>()
             .copied()
             .unwrap_or(CacheOutcome::Miss);
+        // Upstream's own answer to this request, if it was asked: absent for
+        // a fresh cached answer, a failure status for a stale one.
+        let confirmed = response
+            .extensions()
+            .get::<UpstreamStatus>()
+            .is_some_and(|s| s.0.is_success() || s.0 == StatusCode::NOT_MODIFIED);
         Ok(match response.status() {
-            s if s.is_success() => Renewal::Allowed(outcome),
+            s if s.is_success() => Renewal::Allowed { outcome, confirmed },
             StatusCode::UNAUTHORIZED
             | StatusCode::FORBIDDEN
             | StatusCode::NOT_FOUND

@@ -260,7 +260,7 @@ fn visible_repo(st: &State, who: Identity, key: &RepoKey) -> Result<Repo, Answer
     };
     let readable = |r: &Repo| match who {
         Identity::Anonymous => !r.private,
-        Identity::User(u) => u.can_read(r),
+        Identity::User(u) => u.can_read(r) && !(r.private && st.knobs.is_revoked(u.token)),
     };
     repo.filter(readable).ok_or_else(Answer::not_found)
 }

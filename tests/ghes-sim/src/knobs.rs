@@ -19,6 +19,8 @@ pub struct Knobs {
     cut: Mutex<(u64, u32, Duration)>,
     /// Remaining resumed (`Range`) blob GETs to refuse as expired.
     expire_on_resume: Mutex<u32>,
+    /// Tokens whose read access to private repositories was taken away.
+    revoked: Mutex<Vec<String>>,
 }
 
 impl Knobs {
@@ -56,12 +58,23 @@ impl Knobs {
         *lock(&self.expire_on_resume) = n;
     }
 
-    /// Back to normal: no latency, no failures, no cuts.
+    /// The user of `token` loses read access to every private repository
+    /// (removed from the team), as upstream would say from now on: 404.
+    pub fn revoke_private_access(&self, token: &str) {
+        lock(&self.revoked).push(token.to_owned());
+    }
+
+    /// Back to normal: no latency, no failures, no cuts, no revocations.
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
         self.fail_next(0, 0);
         self.cut_blob_after(0, 0);
         self.expire_blob_links_on_resume(0);
+        lock(&self.revoked).clear();
+    }
+
+    pub(crate) fn is_revoked(&self, token: &str) -> bool {
+        lock(&self.revoked).iter().any(|t| t == token)
     }
 
     pub(crate) fn latency(&self) -> Duration {
