@@ -105,9 +105,9 @@ async fn serve(settings: Settings) -> ExitCode {
             // is recorded only after its file is whole and in place, and
             // partial files in tmp/ are cleared at the next start.
             tokio::spawn(async {
-                shutdown_signal().await;
+                let status = shutdown_signal().await;
                 tracing::warn!("second signal: exiting now");
-                std::process::exit(130);
+                std::process::exit(status);
             });
         })
         .await;
@@ -144,24 +144,27 @@ fn env_source(error: &clap::Error) -> Option<String> {
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+async fn shutdown_signal() -> i32 {
+    // The shell's convention for a process ended by a signal: 128 + its number.
+    const SIGINT: i32 = 128 + 2;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        const SIGTERM: i32 = 128 + 15;
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => SIGINT,
+                _ = term.recv() => SIGTERM,
+            },
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
+                SIGINT
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        SIGINT
     }
 }

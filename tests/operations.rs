@@ -567,6 +567,7 @@ async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
         child.try_wait().expect("child state").is_none(),
         "the first signal waits for the download"
     );
+    // The second, SIGINT: 128 + 2.
     signal(&child, "INT");
     let status = tokio::task::spawn_blocking(move || {
         common::wait_bounded(&mut child, Duration::from_secs(10))
@@ -586,11 +587,17 @@ async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
         .to_bytes();
     assert_eq!(bytes.len(), zip.len());
     assert!(bytes == zip, "identical bytes after the abrupt exit");
+    // Two SIGTERMs while a download holds shutdown: 128 + 15.
+    let mut body = open_download(port, id).await.into_body();
+    let first = tokio::time::timeout(TIMEOUT, body.frame()).await;
+    assert!(first.is_ok_and(|f| f.is_some_and(|f| f.is_ok())));
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&child, "TERM");
     let status = tokio::task::spawn_blocking(move || {
-        common::wait_bounded(&mut child, Duration::from_secs(30))
+        common::wait_bounded(&mut child, Duration::from_secs(10))
     })
     .await
     .unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert_eq!(status.and_then(|s| s.code()), Some(143), "exits at once");
 }
