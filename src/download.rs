@@ -276,10 +276,16 @@ impl Downloads {
             .unwrap_or(CacheOutcome::Miss);
         // Upstream's own answer to this request, if it was asked: absent for
         // a fresh cached answer, a failure status for a stale one.
-        let confirmed = response
-            .extensions()
-            .get::<UpstreamStatus>()
-            .is_some_and(|s| s.0.is_success() || s.0 == StatusCode::NOT_MODIFIED);
+        let upstream = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
+        if outcome == CacheOutcome::Stale {
+            // `stale_if_error` may answer JSON from the credential's own
+            // entry, but zip bytes need upstream's yes (or a young grant).
+            let said = upstream.map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+            return Err(MirrorError::UpstreamUnreachable(format!(
+                "access to artifact {artifact} could not be renewed: upstream gave {said}"
+            )));
+        }
+        let confirmed = upstream.is_some_and(|s| s.is_success() || s == StatusCode::NOT_MODIFIED);
         Ok(match response.status() {
             s if s.is_success() => Renewal::Allowed { outcome, confirmed },
             StatusCode::UNAUTHORIZED

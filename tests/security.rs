@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use artifact_mirror::config::Revalidate;
-use common::{get, Harness, Reply, TIMEOUT};
+use common::{get, get_with, Harness, Reply, TIMEOUT};
 use ghes_sim::fixtures::{
     OUTSIDER_TOKEN, PRIVATE_REPO, PRIVATE_REPO_ID, PUBLIC_REPO, PUBLIC_REPO_ID, READER_TOKEN,
 };
@@ -198,4 +198,59 @@ async fn coalescing_never_joins_another_credentials_call() {
             }
         }
     }
+}
+
+/// `stale_if_error` answers JSON from the credential's own entry while
+/// upstream fails, but a stale answer is the cache's, not upstream's yes: it
+/// must not renew a grant to the zip (the credential may have lost access).
+#[tokio::test]
+async fn a_stale_answer_does_not_renew_a_grant() {
+    let h = Harness::start_with(|l| l.stale_if_error = Some("1m".parse().unwrap())).await;
+    let art = private_artifact(&h);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    // First download (the endpoint's 302), then a renewal by a full GET
+    // that stores the metadata entry a stale answer could come from.
+    for _ in 0..2 {
+        let blob = zip_via_mirror(&h, &path, Some(READER_TOKEN))
+            .await
+            .expect("upstream allows the reader");
+        assert_eq!(blob.body, zip);
+        until_stored(&h, 1).await;
+    }
+    let meta = h.url(&format!(
+        "/repos/{PRIVATE_REPO}/actions/artifacts/{}",
+        art.id
+    ));
+    h.sim.knobs().fail_next(1, 503);
+    // The Accept every renewal sends, so this is the renewals' entry.
+    let accept = [("accept", "application/vnd.github+json")];
+    let stale = get_with(&meta, Some(READER_TOKEN), &accept).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(
+        stale.header("x-cache"),
+        Some("STALE"),
+        "the JSON entry is there"
+    );
+
+    h.sim.knobs().fail_next(1, 503);
+    match zip_via_mirror(&h, &path, Some(READER_TOKEN)).await {
+        Ok(blob) => panic!("a stale renewal granted the zip (status {})", blob.status),
+        Err(refused) => {
+            assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+            assert!(refused.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("503")));
+        }
+    }
+    // Upstream back: the grant renews and the stored zip is served again.
+    let blob = zip_via_mirror(&h, &path, Some(READER_TOKEN))
+        .await
+        .expect("renewed once upstream answers");
+    assert_eq!(blob.body, zip);
+    assert_eq!(
+        h.sim.counters().blob_gets,
+        1,
+        "served from the store throughout"
+    );
 }
