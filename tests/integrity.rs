@@ -188,3 +188,68 @@ async fn a_range_from_a_good_fill_completes_once_the_fill_is_verified() {
     h.until_fills_end().await;
     assert_eq!(h.stored_files(), 1);
 }
+
+#[tokio::test]
+async fn a_blob_cut_short_on_disk_between_runs_is_dropped_at_start_and_fetched_again() {
+    // What a disk fault or a half-copied restore leaves: the record and the
+    // sidecar say N bytes, the file has fewer. The start (sizes only, no
+    // re-hash) must drop it rather than serve a short zip.
+    let mut h = Harness::start().await;
+    let art = artifact(&h, 30_000, true);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let (_, first) = fetch(&blob_url(&h, art.id).await, None)
+        .await
+        .expect("the first download works");
+    assert!(first == zip);
+    h.until_fills_end().await;
+    assert_eq!(h.stored_files(), 1);
+    h.stop_mirror().await;
+    let path = h.blob_file(&art.sha256);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(zip.len() as u64 - 1).unwrap();
+    drop(file);
+    h.restart_mirror().await;
+    assert!(!path.exists(), "a blob shorter than its record was kept");
+    let blob_gets = h.sim.counters().blob_gets;
+    let (_, again) = fetch(&blob_url(&h, art.id).await, None)
+        .await
+        .expect("the download after the restart works");
+    assert!(again == zip, "a short or wrong zip was served");
+    assert_eq!(h.sim.counters().blob_gets, blob_gets + 1);
+}
+
+#[tokio::test]
+async fn a_blob_exactly_at_max_blob_bytes_and_the_quota_is_kept() {
+    // The zip's size, from a throwaway simulator given the same artifact
+    // (the zip is a function of its spec and id).
+    let spec = || NewArtifact {
+        repo: PUBLIC_REPO.into(),
+        run_id: 9001,
+        name: "edge".into(),
+        payload_bytes: 40_000,
+        with_digest: true,
+        expired: false,
+    };
+    let probe = ghes_sim::Sim::start(ghes_sim::SimConfig::default())
+        .await
+        .expect("simulator starts");
+    let size = probe.add_artifact(spec()).size_in_bytes;
+    probe.shutdown().await;
+    let h = Harness::start_with(|l| {
+        l.max_blob_bytes = Some(size);
+        l.blob_quota_bytes = Some(size);
+    })
+    .await;
+    let art = h.sim.add_artifact(spec());
+    assert_eq!(art.size_in_bytes, size);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    for round in 1..=2 {
+        let (_, body) = fetch(&blob_url(&h, art.id).await, None)
+            .await
+            .expect("the download works");
+        assert!(body == zip, "round {round}: wrong zip");
+        h.until_fills_end().await;
+        assert_eq!(h.stored_files(), 1, "round {round}: not kept");
+    }
+    assert_eq!(h.sim.counters().blob_gets, 1, "fetched once, then served");
+}
