@@ -494,6 +494,11 @@ impl BlobStore {
         let mut total = facts.size;
         let mut name = facts.name.clone();
         let mut last_error = String::from("no attempt made");
+        // After a restart from byte 0 (a store that ignored `Range`): how
+        // many bytes the earlier answers had written, and their digest.
+        // Clients may already hold those bytes, so the new answer must
+        // repeat them exactly (checked once it reaches that length).
+        let mut replay: Option<(u64, Vec<u8>)> = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
@@ -509,8 +514,13 @@ impl BlobStore {
             match response.status() {
                 StatusCode::OK => {
                     if written > 0 {
-                        // The store ignored the range: start over.
-                        file.set_len(0).await.map_err(|e| e.to_string())?;
+                        // The store ignored the range: start over, writing
+                        // over the bytes in place rather than truncating, so
+                        // clients reading them never find the file short.
+                        // An earlier restart's check covers more bytes.
+                        if replay.is_none() {
+                            replay = Some((written, hasher.clone().finalize().to_vec()));
+                        }
                         file.seek(SeekFrom::Start(0))
                             .await
                             .map_err(|e| e.to_string())?;
@@ -573,6 +583,22 @@ impl BlobStore {
                 };
                 if written + data.len() as u64 > size {
                     return Err(format!("the blob store sent more than {size} bytes"));
+                }
+                if let Some((upto, digest)) = &replay {
+                    if written + data.len() as u64 >= *upto {
+                        // `upto - written` is at most `data.len()` here.
+                        let head = usize::try_from(upto - written)
+                            .unwrap_or(data.len())
+                            .min(data.len());
+                        let mut prefix = hasher.clone();
+                        prefix.update(&data[..head]);
+                        if prefix.finalize().as_slice() != digest.as_slice() {
+                            return Err(format!(
+                                "the blob store's restarted answer differs in its first {upto} bytes"
+                            ));
+                        }
+                        replay = None;
+                    }
                 }
                 file.write_all(&data).await.map_err(|e| e.to_string())?;
                 self.metrics.fetched_from_upstream(data.len() as u64);
@@ -834,7 +860,7 @@ async fn pump(
 }
 
 /// Sends `[start, end)` of `file`; with `state`, no further than the fill
-/// has written (and the last byte only once the fill is verified).
+/// has written (and byte `end - 1` only once the fill is verified).
 async fn pump_file(
     file: std::fs::File,
     mut state: Option<watch::Receiver<FillState>>,
@@ -848,13 +874,15 @@ async fn pump_file(
         let available = match &mut state {
             None => end,
             Some(rx) => loop {
-                let (written, total, outcome) = {
+                let (written, outcome) = {
                     let s = rx.borrow_and_update();
-                    (s.written, s.total, s.outcome.clone())
+                    (s.written, s.outcome.clone())
                 };
-                // The last byte waits for the fill's verdict (size, digest):
-                // a client must never see a corrupt zip end as complete.
-                let releasable = total.map_or(written, |t| written.min(t.saturating_sub(1)));
+                // The last byte of this answer (not only of the zip: a
+                // range is an answer too) waits for the fill's verdict
+                // (size, digest): a client must never see bytes the fill
+                // goes on to reject end as complete.
+                let releasable = written.min(end.saturating_sub(1));
                 match outcome {
                     Some(Err(e)) => return Err(e),
                     Some(Ok(record)) => break record.size,

@@ -404,19 +404,36 @@ impl Downloads {
             }
             Some(Available::Filling(fill)) => {
                 let mut state = fill.state();
-                let ready = tokio::time::timeout(
+                let known = match tokio::time::timeout(
                     SIZE_WAIT,
                     state.wait_for(|s| s.total.is_some() || s.outcome.is_some()),
                 )
-                .await;
-                let known = match ready {
+                .await
+                {
                     Ok(Ok(s)) => s.clone(),
                     _ => return Err(MirrorError::Fill("the blob store did not answer".into())),
                 };
                 if let Some(Err(e)) = known.outcome {
                     return Err(MirrorError::Fill(e));
                 }
-                let total = known.total.unwrap_or(0);
+                let mut total = known.total.unwrap_or(0);
+                if total == 0 && known.outcome.is_none() {
+                    // An empty answer carries no last byte to hold back
+                    // (see `blobs::pump_file`): once sent, "0 bytes" is
+                    // complete. So it waits for the verdict; a size taken
+                    // from JSON may yet prove wrong.
+                    let verdict = state
+                        .wait_for(|s| s.outcome.is_some())
+                        .await
+                        .map_err(|_| MirrorError::Fill("the fill stopped".into()))?
+                        .outcome
+                        .clone();
+                    match verdict {
+                        Some(Ok(record)) => total = record.size,
+                        Some(Err(e)) => return Err(MirrorError::Fill(e)),
+                        None => return Err(MirrorError::Fill("the fill stopped".into())),
+                    }
+                }
                 let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));
                 (
                     total,

@@ -96,11 +96,17 @@ pub(crate) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<R
         );
     };
 
+    if is_get {
+        if let Some(delay) = st.knobs.take_blob_delay() {
+            tokio::time::sleep(delay).await;
+        }
+    }
     let total = zip.len() as u64;
     let range = parts
         .headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
+        .filter(|_| !(is_get && resumed && st.knobs.take_ignored_range()))
         .map(|v| parse_range(v, total))
         .unwrap_or(RangeReq::Full);
 
@@ -159,7 +165,10 @@ pub(crate) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<R
         return respond(status, h, empty());
     }
     // Both bounds are within the zip (checked by parse_range), so these casts fit.
-    let data = zip.slice(start as usize..end as usize);
+    let mut data = zip.slice(start as usize..end as usize);
+    if st.knobs.take_corruption() {
+        data = data.iter().map(|b| !b).collect::<Vec<u8>>().into();
+    }
     let (cut, pause) = match st.knobs.take_cut() {
         Some((n, pause)) => (Some(usize::try_from(n).unwrap_or(usize::MAX)), pause),
         None => (None, Duration::ZERO),

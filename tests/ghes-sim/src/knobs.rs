@@ -21,6 +21,12 @@ pub struct Knobs {
     expire_on_resume: Mutex<u32>,
     /// Tokens whose read access to private repositories was taken away.
     revoked: Mutex<Vec<String>>,
+    /// (remaining count, delay) of blob GETs answered late.
+    blob_delay: Mutex<(u32, Duration)>,
+    /// Remaining blob GETs whose body bytes are sent inverted.
+    corrupt: Mutex<u32>,
+    /// Remaining resumed (`Range`) blob GETs answered 200 with the whole zip.
+    ignore_range: Mutex<u32>,
 }
 
 impl Knobs {
@@ -58,6 +64,24 @@ impl Knobs {
         *lock(&self.expire_on_resume) = n;
     }
 
+    /// The next `n` blob GETs wait `delay` before answering at all (a slow
+    /// blob store: no headers yet).
+    pub fn delay_blob_answers(&self, delay: Duration, n: u32) {
+        *lock(&self.blob_delay) = (n, delay);
+    }
+
+    /// The next `n` blob GETs that send a zip body send every byte of it
+    /// inverted (headers as usual): content that differs from the zip.
+    pub fn corrupt_blob_bodies(&self, n: u32) {
+        *lock(&self.corrupt) = n;
+    }
+
+    /// The next `n` blob GETs that carry a `Range` ignore it and answer 200
+    /// with the whole zip, as RFC 9110 allows a server to.
+    pub fn ignore_blob_ranges(&self, n: u32) {
+        *lock(&self.ignore_range) = n;
+    }
+
     /// The user of `token` loses read access to every private repository
     /// (removed from the team), as upstream would say from now on: 404.
     pub fn revoke_private_access(&self, token: &str) {
@@ -70,6 +94,9 @@ impl Knobs {
         self.fail_next(0, 0);
         self.cut_blob_after(0, 0);
         self.expire_blob_links_on_resume(0);
+        self.delay_blob_answers(Duration::ZERO, 0);
+        self.corrupt_blob_bodies(0);
+        self.ignore_blob_ranges(0);
         lock(&self.revoked).clear();
     }
 
@@ -88,6 +115,25 @@ impl Knobs {
             f.0 -= 1;
             f.1
         })
+    }
+
+    /// Takes one injected answer delay, if any are left.
+    pub(crate) fn take_blob_delay(&self) -> Option<Duration> {
+        let mut d = lock(&self.blob_delay);
+        (d.0 > 0).then(|| {
+            d.0 -= 1;
+            d.1
+        })
+    }
+
+    /// Takes one injected corruption, if any are left.
+    pub(crate) fn take_corruption(&self) -> bool {
+        take_one(&self.corrupt)
+    }
+
+    /// Takes one ignored `Range`, if any are left.
+    pub(crate) fn take_ignored_range(&self) -> bool {
+        take_one(&self.ignore_range)
     }
 
     /// Takes one injected expiry for a resumed GET, if any are left.
@@ -109,4 +155,14 @@ impl Knobs {
             (c.0, c.2)
         })
     }
+}
+
+/// Counts one down; whether there was one to take.
+fn take_one(count: &Mutex<u32>) -> bool {
+    let mut n = lock(count);
+    let take = *n > 0;
+    if take {
+        *n -= 1;
+    }
+    take
 }
