@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use artifact_mirror::config::Revalidate;
-use common::{get, get_with, Harness, Reply, TIMEOUT};
+use common::{get, get_with, Harness, Reply};
 use ghes_sim::fixtures::{
     OUTSIDER_TOKEN, PRIVATE_REPO, PRIVATE_REPO_ID, PUBLIC_REPO, PUBLIC_REPO_ID, READER_TOKEN,
 };
@@ -23,16 +23,6 @@ fn private_artifact(h: &Harness) -> ghes_sim::Artifact {
         with_digest: true,
         expired: false,
     })
-}
-
-/// Waits (bounded) until the mirror stores `count` blob files.
-async fn until_stored(h: &Harness, count: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    while h.stored_files() < count {
-        assert!(Instant::now() < deadline, "blob never stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    h.until_fills_end().await;
 }
 
 /// The zip bytes a download through the mirror yields, or its non-302 answer.
@@ -67,7 +57,7 @@ async fn a_young_grant_ends_max_fresh_after_upstream_last_said_yes() {
     // Upstream said yes no later than now.
     let said_yes = Instant::now();
     assert_eq!(first.body, zip);
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
 
     // The reader is removed from the team: upstream now answers 404.
     h.sim.knobs().revoke_private_access(READER_TOKEN);
@@ -113,7 +103,7 @@ async fn an_artifact_under_another_repositorys_path_gets_no_bytes() {
     zip_via_mirror(&h, &own, Some(READER_TOKEN))
         .await
         .expect("the reader may download it");
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
     // The reader's metadata of it is cached too.
     let meta = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}", art.id);
     assert_eq!(
@@ -216,7 +206,7 @@ async fn a_stale_answer_does_not_renew_a_grant() {
             .await
             .expect("upstream allows the reader");
         assert_eq!(blob.body, zip);
-        until_stored(&h, 1).await;
+        h.until_stored(1).await;
     }
     let meta = h.url(&format!(
         "/repos/{PRIVATE_REPO}/actions/artifacts/{}",

@@ -70,16 +70,6 @@ fn blob_ranges(h: &Harness) -> Vec<Option<String>> {
         .collect()
 }
 
-/// Waits (bounded) until the fill of an artifact has been stored.
-async fn until_stored(h: &Harness, count: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    while h.stored_files() < count {
-        assert!(Instant::now() < deadline, "blob never stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    h.until_fills_end().await;
-}
-
 #[tokio::test]
 async fn ten_downloads_cost_two_rate_limit_units_and_one_blob_fetch() {
     let h = Harness::start().await;
@@ -103,7 +93,7 @@ async fn ten_downloads_cost_two_rate_limit_units_and_one_blob_fetch() {
         );
         let expected = if i == 0 { "MISS" } else { "HIT" };
         assert_eq!(x_cache(&redirect), expected, "download {i}");
-        until_stored(&h, 1).await;
+        h.until_stored(1).await;
     }
     let c = h.sim.counters();
     assert_eq!(c.download, 1, "one call of the download endpoint");
@@ -131,7 +121,7 @@ async fn no_access_gets_upstream_answers_and_no_bytes() {
     let art = artifact(&h, PRIVATE_REPO, 50_000, false);
     let (_, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
     assert_eq!(blob.unwrap().status, StatusCode::OK);
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
 
     let (outsider, blob) = download(&h, PRIVATE_REPO, art.id, Some(OUTSIDER_TOKEN)).await;
     assert_eq!(outsider.status, StatusCode::NOT_FOUND);
@@ -271,7 +261,7 @@ async fn a_cut_transfer_resumes_with_range() {
     let blob = blob.unwrap();
     assert_eq!(blob.status, StatusCode::OK);
     assert_eq!(blob.body, zip);
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
     let ranges = blob_ranges(&h);
     assert_eq!(
         ranges,
@@ -300,7 +290,7 @@ async fn a_stalled_blob_store_is_resumed_after_the_upstream_timeout() {
     let blob = blob.unwrap();
     assert_eq!(blob.status, StatusCode::OK);
     assert_eq!(blob.body, zip);
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
     let ranges = blob_ranges(&h);
     assert_eq!(ranges, vec![None, Some("bytes=100000-".into())]);
 }
@@ -334,7 +324,7 @@ async fn a_transfer_that_cannot_finish_stores_nothing_and_the_next_one_works() {
     h.sim.knobs().clear();
     let (_, blob) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
     assert_eq!(blob.unwrap().body, zip);
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
 }
 
 #[tokio::test]
@@ -393,7 +383,7 @@ async fn ranges_match_the_zip() {
     let art = artifact(&h, PUBLIC_REPO, 100_000, false);
     let zip = h.sim.zip_bytes(art.id).unwrap();
     let (redirect, _) = download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
     let location = redirect.header("location").unwrap().to_owned();
     let n = zip.len();
     for (range, from, to) in [
@@ -433,7 +423,7 @@ async fn quota_evicts_the_least_recently_used_and_expiry_and_delete_drop_blobs()
         .collect();
     for (i, art) in arts.iter().enumerate() {
         download(&h, PUBLIC_REPO, art.id, Some(READER_TOKEN)).await;
-        until_stored(&h, i.min(1) + 1).await;
+        h.until_stored(i.min(1) + 1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Two fit; the first downloaded went.
@@ -525,7 +515,7 @@ async fn repeat_downloads_over_h2_are_redirected() {
             location.starts_with(&format!("http://{}/_mirror/blobs/", h.mirror)),
             "{location}"
         );
-        until_stored(&h, 1).await;
+        h.until_stored(1).await;
     }
 }
 
@@ -543,7 +533,7 @@ async fn a_resume_with_an_expired_link_gets_a_fresh_location() {
     let (redirect, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
     assert_eq!(x_cache(&redirect), "MISS");
     assert_eq!(blob.unwrap().body, zip);
-    until_stored(&h, 1).await;
+    h.until_stored(1).await;
     let blobs = h.sim.blob_requests();
     let ranges: Vec<Option<&str>> = blobs.iter().map(|r| r.header("range")).collect();
     assert_eq!(ranges, [None, Some("bytes=100000-"), Some("bytes=100000-")]);

@@ -68,6 +68,17 @@ impl Harness {
         }
     }
 
+    /// Waits (bounded) until the store holds `count` blob files and no fill
+    /// is under way.
+    pub async fn until_stored(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.stored_files() < count {
+            assert!(tokio::time::Instant::now() < deadline, "blob never stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.until_fills_end().await;
+    }
+
     /// Waits (bounded) until no blob fill is under way. A stored file lands
     /// before its fill ends, and a request in between is answered from the
     /// fill (`COALESCED`), not the store (`HIT`).
