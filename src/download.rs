@@ -22,7 +22,7 @@ use crate::config::{Revalidate, Settings};
 use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
 use crate::index::Index;
-use crate::meta::{JsonCache, X_CACHE};
+use crate::meta::{FromStaleEntry, JsonCache, X_CACHE};
 use crate::metrics::{CacheOutcome, Eviction};
 use crate::rewrite::PublicBase;
 use crate::router::{ArtifactRoute, RepoRef};
@@ -277,7 +277,7 @@ impl Downloads {
         // Upstream's own answer to this request, if it was asked: absent for
         // a fresh cached answer, a failure status for a stale one.
         let upstream = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
-        if outcome == CacheOutcome::Stale {
+        if response.extensions().get::<FromStaleEntry>().is_some() {
             // `stale_if_error` may answer JSON from the credential's own
             // entry, but zip bytes need upstream's yes (or a young grant).
             let said = upstream.map_or_else(|| "no answer".to_owned(), |s| s.to_string());

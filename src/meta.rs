@@ -220,9 +220,19 @@ impl Entry {
         };
         *response.headers_mut() = headers;
         response.extensions_mut().insert(status);
+        if status == CacheOutcome::Stale {
+            // Kept when a coalesced caller's outcome is overwritten.
+            response.extensions_mut().insert(FromStaleEntry);
+        }
         response
     }
 }
+
+/// Marks an answer `stale_if_error` gave from an entry while upstream
+/// failed, for the caller that made the trip and those that joined it: no
+/// upstream yes stands behind it (a download's renewal must not use it).
+#[derive(Debug, Clone, Copy)]
+pub struct FromStaleEntry;
 
 /// Whether any of `names` has other values in `a` than in `b`.
 fn any_changed(a: &HeaderMap, b: &HeaderMap, names: &[HeaderName]) -> bool {

@@ -233,6 +233,29 @@ async fn a_stale_answer_does_not_renew_a_grant() {
                 .is_some_and(|m| m.contains("503")));
         }
     }
+    // Two renewals at once share one failing upstream call: the one that
+    // joined it got the same stale answer and must be refused too. (Two
+    // failures are queued in case a loaded machine keeps them apart.)
+    h.sim.knobs().set_latency(Duration::from_millis(400));
+    h.sim.knobs().fail_next(2, 503);
+    let both = [0, 1].map(|_| {
+        let (url, path) = (h.url(""), path.clone());
+        tokio::spawn(async move {
+            let first = get(&format!("{url}{path}"), Some(READER_TOKEN)).await;
+            first.status
+        })
+    });
+    for task in both {
+        let status = task.await.expect("download task");
+        assert_eq!(
+            status,
+            StatusCode::BAD_GATEWAY,
+            "a stale renewal granted the zip"
+        );
+    }
+    h.sim.knobs().set_latency(Duration::ZERO);
+    h.sim.knobs().fail_next(0, 0);
+
     // Upstream back: the grant renews and the stored zip is served again.
     let blob = zip_via_mirror(&h, &path, Some(READER_TOKEN))
         .await
