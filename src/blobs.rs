@@ -247,11 +247,12 @@ impl BlobStore {
         if report.changed_anything() {
             tracing::info!(?report, "blob store reconciled with its index");
         }
-        let count = store.records().map_or(0, |r| r.len() as u64);
         store
             .stored_bytes
             .store(report.stored_bytes, Ordering::Relaxed);
-        store.stored_blobs.store(count, Ordering::Relaxed);
+        store
+            .stored_blobs
+            .store(report.stored_blobs, Ordering::Relaxed);
         Ok(store)
     }
 

@@ -143,6 +143,8 @@ pub struct Report {
     /// Sum of the kept records' sizes: what the store counts against its
     /// quota (a shared file counts once per artifact).
     pub stored_bytes: u64,
+    /// Records kept (rebuilt ones included): the store's blob count.
+    pub stored_blobs: u64,
 }
 
 impl Report {
@@ -254,6 +256,7 @@ pub fn reconcile(data_dir: &Path, index: &Index, rehash: bool) -> Result<Report,
             report.sidecars_written += 1;
         }
         report.stored_bytes += desired.artifacts.values().map(|r| r.size).sum::<u64>();
+        report.stored_blobs += desired.artifacts.len() as u64;
         report.ok += 1;
         kept.insert(file.sha256.clone());
     }
@@ -414,7 +417,7 @@ mod tests {
         let report = s.reconcile(true);
         assert!(!report.changed_anything(), "{report:?}");
         assert_eq!((report.checked, report.ok), (2, 2));
-        assert_eq!(report.stored_bytes, 9);
+        assert_eq!((report.stored_bytes, report.stored_blobs), (9, 3));
     }
 
     #[test]
