@@ -660,8 +660,18 @@ impl BlobStore {
         }
         // The sidecar before the record: the file stays recoverable should
         // the index be lost. Without it the blob is still whole and
-        // recorded (the next start writes the sidecar), so only warn.
-        if let Err(e) = crate::sidecar::add(&path, &self.dir.join("tmp"), artifact, &record) {
+        // recorded (the next start writes the sidecar), so only warn. On
+        // the blocking pool: it fsyncs a file and a directory.
+        let sidecar = {
+            let (path, tmp, record) = (path.clone(), self.dir.join("tmp"), record.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::sidecar::add(&path, &tmp, artifact, &record).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+        };
+        if let Err(e) = sidecar {
             tracing::warn!(artifact, error = %e, "blob sidecar not written");
         }
         let encoded = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
