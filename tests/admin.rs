@@ -711,16 +711,7 @@ async fn gc_drops_facts_of_expired_artifacts_and_grants_without_a_blob() {
 #[test]
 fn commands_refuse_a_data_dir_a_running_server_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = common::mirror_command()
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9/api/v3",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let mut child = common::serve_command("127.0.0.1:0", dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -218,16 +218,7 @@ fn serve_answers_and_stops_on_sigterm() {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let mut child = common::mirror_command()
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9/api/v3",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path())
+    let mut child = common::serve_command(&format!("127.0.0.1:{port}"), dir.path())
         .env("ARTIFACT_MIRROR_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -276,16 +267,7 @@ fn serve_answers_and_stops_on_sigterm() {
 fn serve_refuses_a_data_dir_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _held = artifact_mirror::index::Index::open(&dir.path().join("index"), 1 << 20).unwrap();
-    let (code, _, err) = run(common::mirror_command()
-        .args([
-            "serve",
-            "--upstream",
-            "http://127.0.0.1:9/api/v3",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path()));
+    let (code, _, err) = run(&mut common::serve_command("127.0.0.1:0", dir.path()));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("another artifact-mirror"), "{err}");
 }

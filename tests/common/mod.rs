@@ -298,3 +298,19 @@ pub fn mirror_command() -> std::process::Command {
     }
     cmd
 }
+
+/// `artifact-mirror serve` on `listen` with `data_dir`, its upstream a
+/// loopback port nothing listens on (for tests that never reach GHES).
+pub fn serve_command(listen: &str, data_dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = mirror_command();
+    cmd.args([
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:9/api/v3",
+        "--listen",
+        listen,
+    ])
+    .arg("--data-dir")
+    .arg(data_dir);
+    cmd
+}
