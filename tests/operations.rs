@@ -551,13 +551,14 @@ async fn sigterm_during_a_64_mb_download_lets_it_finish() {
     assert_eq!(status.0.and_then(|s| s.code()), Some(0), "{}", status.1);
 }
 
-#[tokio::test]
-async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
-    let (sim, id, zip) = sim_with_huge_artifact().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, port) = serve_process(&sim, dir.path()).await;
-    // A download that stops reading after its first frame: shutdown would
-    // wait up to the 30 s grace for it.
+/// SIGTERM while a download that stopped reading holds shutdown (it would
+/// wait up to the 30 s grace), then `second`; answers the exit code.
+async fn exit_on_second_signal(
+    mut child: std::process::Child,
+    port: u16,
+    id: u64,
+    second: &str,
+) -> Option<i32> {
     let mut body = open_download(port, id).await.into_body();
     let first = tokio::time::timeout(TIMEOUT, body.frame()).await;
     assert!(first.is_ok_and(|f| f.is_some_and(|f| f.is_ok())));
@@ -567,18 +568,24 @@ async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
         child.try_wait().expect("child state").is_none(),
         "the first signal waits for the download"
     );
-    // The second, SIGINT: 128 + 2.
-    signal(&child, "INT");
-    let status = tokio::task::spawn_blocking(move || {
-        common::wait_bounded(&mut child, Duration::from_secs(10))
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(130), "exits at once");
-    drop(body);
+    signal(&child, second);
+    tokio::task::spawn_blocking(move || common::wait_bounded(&mut child, Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .and_then(|s| s.code())
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
+    let (sim, id, zip) = sim_with_huge_artifact().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (child, port) = serve_process(&sim, dir.path()).await;
+    // Exits at once with 128 + the signal's number: SIGINT 2.
+    let code = exit_on_second_signal(child, port, id, "INT").await;
+    assert_eq!(code, Some(130), "exits at once");
 
     // The same data dir serves again, whole and correct.
-    let (mut child, port) = serve_process(&sim, dir.path()).await;
+    let (child, port) = serve_process(&sim, dir.path()).await;
     let response = open_download(port, id).await;
     let bytes = tokio::time::timeout(Duration::from_secs(60), response.into_body().collect())
         .await
@@ -587,17 +594,7 @@ async fn a_second_signal_exits_at_once_and_the_data_dir_stays_usable() {
         .to_bytes();
     assert_eq!(bytes.len(), zip.len());
     assert!(bytes == zip, "identical bytes after the abrupt exit");
-    // Two SIGTERMs while a download holds shutdown: 128 + 15.
-    let mut body = open_download(port, id).await.into_body();
-    let first = tokio::time::timeout(TIMEOUT, body.frame()).await;
-    assert!(first.is_ok_and(|f| f.is_some_and(|f| f.is_ok())));
-    signal(&child, "TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        common::wait_bounded(&mut child, Duration::from_secs(10))
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(143), "exits at once");
+    // SIGTERM twice: 128 + 15.
+    let code = exit_on_second_signal(child, port, id, "TERM").await;
+    assert_eq!(code, Some(143), "exits at once");
 }
