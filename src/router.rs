@@ -75,6 +75,8 @@ pub enum RepoRef {
 pub enum RouteError {
     #[error("Path must not contain `.` or `..` segments")]
     DotSegment,
+    #[error("Path must not contain empty segments (`//` or a trailing `/`)")]
+    EmptySegment,
     #[error("Path must not contain encoded `/`, `\\` or control characters")]
     EncodedSeparator,
     #[error("Invalid owner name {0:?}: letters, digits, `-` and `_` only, 1 to 100 characters")]
@@ -120,6 +122,12 @@ pub fn route(method: &Method, path: &str, api_base: &str) -> Result<Route, Route
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
         _ => return Err(RouteError::NotFound),
     };
+    // The API root itself (`/api/v3/`) is the one trailing `/` upstream
+    // gets; anywhere else an empty segment would reach the generic forward
+    // route as a path the artifacts routes never see.
+    if rest == "/" {
+        return Ok(Route::Forward);
+    }
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     for segment in &segments {
         check_segment(segment)?;
@@ -137,6 +145,7 @@ fn check_segment(segment: &str) -> Result<(), RouteError> {
     // case, checked without allocating.
     if !segment.bytes().any(|b| b == b'%' || b == b'\\') {
         return match segment {
+            "" => Err(RouteError::EmptySegment),
             "." | ".." => Err(RouteError::DotSegment),
             _ => Ok(()),
         };
@@ -375,6 +384,13 @@ mod tests {
         assert_eq!(get("/api/v3x/meta"), Err(RouteError::NotFound));
         assert_eq!(get("/other"), Err(RouteError::NotFound));
         assert_eq!(route(&Method::GET, "/meta", ""), Ok(Route::Forward));
+        // The API root keeps its trailing `/`; no other path does.
+        assert_eq!(get("/api/v3/"), Ok(Route::Forward));
+        assert_eq!(route(&Method::GET, "/", ""), Ok(Route::Forward));
+        assert_eq!(
+            route(&Method::DELETE, "//repos/o/r/actions/artifacts/1", ""),
+            Err(RouteError::EmptySegment)
+        );
     }
 
     #[test]
@@ -404,7 +420,7 @@ mod tests {
                 matches!(e, RouteError::BadRepo(_))
             }),
             ("/api/v3/repos//r/actions/artifacts", |e| {
-                matches!(e, RouteError::BadOwner(_))
+                *e == RouteError::EmptySegment
             }),
             ("/api/v3/repos/o/r/actions/artifacts/abc", |e| {
                 matches!(e, RouteError::BadId { .. })
@@ -432,7 +448,20 @@ mod tests {
                 *e == RouteError::NotFound
             }),
             ("/api/v3/repos/o/r/actions/artifacts/", |e| {
-                matches!(e, RouteError::BadId { .. })
+                *e == RouteError::EmptySegment
+            }),
+            ("/api/v3/repos/o/r//actions/artifacts/1/zip", |e| {
+                *e == RouteError::EmptySegment
+            }),
+            ("/api/v3//repos/o/r/actions/artifacts", |e| {
+                *e == RouteError::EmptySegment
+            }),
+            ("/api/v3/repos/o/r/actions//artifacts", |e| {
+                *e == RouteError::EmptySegment
+            }),
+            ("/api/v3/meta/", |e| *e == RouteError::EmptySegment),
+            ("/api/v3/repos/o/r/issues//1", |e| {
+                *e == RouteError::EmptySegment
             }),
         ];
         for (path, expected) in cases {

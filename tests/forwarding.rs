@@ -337,6 +337,27 @@ async fn bad_input_stops_at_the_mirror() {
             404,
             "Not Found",
         ),
+        // Empty segments: upstream would still route these, past the
+        // mirror's checks, cache and blob store.
+        (
+            Method::GET,
+            "/repos/octo-org/public-repo//actions/artifacts/1/zip",
+            400,
+            "empty segments",
+        ),
+        (
+            Method::GET,
+            "//repos/octo-org/public-repo/actions/artifacts",
+            400,
+            "empty segments",
+        ),
+        (
+            Method::DELETE,
+            "/repos/octo-org/public-repo/actions//artifacts/1",
+            400,
+            "empty segments",
+        ),
+        (Method::GET, "/meta/", 400, "empty segments"),
     ];
     for (method, path, status, needle) in table {
         let r = send(request(method.clone(), &h.url(path), Some(ADMIN_TOKEN))).await;
