@@ -382,6 +382,46 @@ fn push_repo_id(out: &mut Vec<u8>, repo: &RepoRef) {
     }
 }
 
+/// Longest `name` value the cache keys on: GitHub's artifact names are far
+/// shorter, and a longer value is forwarded without being stored.
+const MAX_NAME_PARAM: usize = 256;
+
+/// Whether an answer to this query may be stored: only the parameters the
+/// route documents (`per_page`, `page`, `name`; `direction` on a run's list;
+/// none on a get), each once, with a value of their form. Anything else is
+/// forwarded uncached (`BYPASS`): GHES still decides what it means, but an
+/// arbitrary parameter cannot add cache entries or spend rate limit on
+/// answers no one else will ask for.
+fn cacheable_query(route: &ArtifactRoute, query: Option<&str>) -> bool {
+    let known: &[&str] = match route {
+        ArtifactRoute::ListForRepo { .. } => &["per_page", "page", "name"],
+        ArtifactRoute::ListForRun { .. } => &["per_page", "page", "name", "direction"],
+        _ => &[],
+    };
+    let digits =
+        |v: &str, max: usize| (1..=max).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit());
+    let mut seen = [false; 4];
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .all(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let Some(i) = known.iter().position(|k| *k == name) else {
+                return false;
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return false; // Repeated: which one upstream takes is its business.
+            }
+            match name {
+                "per_page" => digits(value, 3) && matches!(value.parse(), Ok(1..=100u8)),
+                "page" => digits(value, 6),
+                "direction" => matches!(value, "asc" | "desc"),
+                _ => (1..=MAX_NAME_PARAM).contains(&value.len()),
+            }
+        })
+}
+
 /// Sorted pairs with GitHub's defaults made explicit, so `?page=1&per_page=30`
 /// and no query share an entry. `list` is `Some(is_run_list)` for lists.
 #[cfg(test)]
@@ -621,13 +661,28 @@ impl JsonCache {
         request: Request<Body>,
         client: ClientInfo,
     ) -> Result<Response<Body>, MirrorError> {
-        let (parts, _) = request.into_parts();
-        if parts.method != Method::GET {
-            // HEAD: not worth a cache entry of its own; upstream answers.
+        let (mut parts, _) = request.into_parts();
+        let storable = cacheable_query(route, parts.uri.query());
+        if parts.method != Method::GET || !storable {
+            // HEAD: not worth a cache entry of its own; a query the route
+            // does not know must not add entries. Upstream answers; a GET's
+            // URLs still move to the mirror, as on the forward route.
+            let rewriter = if parts.method == Method::GET {
+                parts.headers.remove(header::ACCEPT_ENCODING);
+                let public =
+                    self.public
+                        .resolve(&parts.headers, parts.uri.authority(), client.tls)?;
+                Some(Rewriter::new(&self.upstream_base, &public))
+            } else {
+                None
+            };
             let forward = self
                 .upstream
                 .forward(Request::from_parts(parts, body::empty()), client);
             let mut response = Box::pin(forward).await?;
+            if let Some(rewriter) = rewriter {
+                response = Box::pin(rewriter.forwarded(response)).await?;
+            }
             response
                 .headers_mut()
                 .insert(X_CACHE, x_cache(CacheOutcome::Bypass));
@@ -1003,6 +1058,44 @@ mod tests {
             "direction=desc&name=x&page=2&per_page=30"
         );
         assert_eq!(normalized_query(Some("b=1&a"), None), "a=&b=1");
+    }
+
+    #[test]
+    fn only_known_parameters_of_their_form_are_cacheable() {
+        let repo = RepoRef::Id(1);
+        let list = ArtifactRoute::ListForRepo { repo: repo.clone() };
+        let run = ArtifactRoute::ListForRun {
+            repo: repo.clone(),
+            run_id: 2,
+        };
+        let get = ArtifactRoute::Get {
+            repo,
+            artifact_id: 3,
+        };
+        for q in [None, Some(""), Some("per_page=100&page=2&name=dist")] {
+            assert!(cacheable_query(&list, q), "{q:?}");
+        }
+        assert!(cacheable_query(&run, Some("direction=asc&per_page=1")));
+        assert!(cacheable_query(&get, None));
+        let long_name = format!("name={}", "x".repeat(MAX_NAME_PARAM + 1));
+        for q in [
+            "junk=1",
+            "page=1&junk",
+            "direction=asc",
+            "per_page=101",
+            "per_page=0",
+            "per_page=ten",
+            "per_page=+5",
+            "page=1234567",
+            "page=",
+            "name=",
+            "page=1&page=2",
+            long_name.as_str(),
+        ] {
+            assert!(!cacheable_query(&list, Some(q)), "{q}");
+        }
+        assert!(!cacheable_query(&run, Some("direction=up")));
+        assert!(!cacheable_query(&get, Some("per_page=1")));
     }
 
     #[test]

@@ -388,3 +388,57 @@ async fn no_raw_token_reaches_the_disk() {
     }
     assert!(scanned > 0, "the index wrote nothing to scan");
 }
+
+/// A query the route does not document (or a value out of its form) is
+/// answered by upstream with URLs still moved to the mirror, and never
+/// stored: asked twice, it goes upstream whole both times, says `BYPASS`,
+/// and is counted so in the metrics. Known parameters are still cached.
+#[tokio::test]
+async fn unknown_query_parameters_are_forwarded_but_not_stored() {
+    let h = Harness::start().await;
+    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts");
+    let junk = "j".repeat(2048);
+    let long_name = "n".repeat(300);
+    let bypassed = [
+        format!("?per_page=1&junk={junk}"),
+        format!("?per_page=1&junk={junk}"),
+        "?per_page=1&other=1".to_owned(),
+        format!("?per_page=1&name={long_name}"),
+        "?per_page=1&page=1&page=2".to_owned(),
+        "?per_page=lots".to_owned(),
+    ];
+    for query in &bypassed {
+        let r = get(&h.url(&format!("{path}{query}")), Some(READER_TOKEN)).await;
+        assert_eq!(r.status, StatusCode::OK, "{query}");
+        assert_eq!(x_cache(&r), "BYPASS", "{query}");
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains(&h.sim.api_base()), "{query}: {body}");
+    }
+    let r = get(
+        &h.url(&format!("{path}?per_page=1&junk=1")),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&r.body).contains(&h.url("/")));
+    let link = r.header("link").expect("a Link header");
+    assert!(link.contains(&h.url("/")), "{link}");
+    let c = h.sim.counters();
+    assert_eq!(c.list_repo, 7, "each went upstream");
+    assert_eq!(c.not_modified, 0, "nothing stored to revalidate");
+    assert_eq!(c.rate_limit_used.get("reader"), Some(&7));
+
+    let known = h.url(&format!("{path}?per_page=1&page=1&name=dist"));
+    assert_eq!(x_cache(&get(&known, Some(READER_TOKEN)).await), "MISS");
+    assert_eq!(
+        x_cache(&get(&known, Some(READER_TOKEN)).await),
+        "REVALIDATED"
+    );
+    let metrics = get(&format!("http://{}/metrics", h.mirror), None).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains(
+            "artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"bypass\"} 7"
+        ),
+        "{metrics}"
+    );
+}
