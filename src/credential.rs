@@ -153,14 +153,11 @@ impl fmt::Debug for CredentialId {
     }
 }
 
+/// Lower-case hex, the crate's one spelling of bytes as text (credential
+/// ids, signatures, digests, file names). A slice, not `hex::encode`'s
+/// generic, so callers keep passing `&bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    ::hex::encode(bytes)
 }
 
 #[cfg(test)]

@@ -1031,12 +1031,8 @@ fn credential_header(credential: CredentialId) -> HeaderValue {
     match credential {
         CredentialId::Anonymous => HeaderValue::from_static("anonymous"),
         CredentialId::Token(mac) => {
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
             let mut hex = [0u8; 64];
-            for (pair, b) in hex.chunks_exact_mut(2).zip(mac) {
-                pair[0] = DIGITS[usize::from(b >> 4)];
-                pair[1] = DIGITS[usize::from(b & 0xf)];
-            }
+            hex::encode_to_slice(mac, &mut hex).expect("64 digits for 32 bytes");
             HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
         }
     }

@@ -57,8 +57,12 @@ impl Signer {
         let (Some(exp), Some(sig)) = (exp, sig) else {
             return Err(SignatureError::Missing);
         };
+        // One spelling each: `u64::from_str` would also take `+123`.
+        if !exp.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SignatureError::Malformed);
+        }
         let exp: u64 = exp.parse().map_err(|_| SignatureError::Malformed)?;
-        let sig = unhex(sig).ok_or(SignatureError::Malformed)?;
+        let sig = decode_sig(sig).ok_or(SignatureError::Malformed)?;
         // Checked before expiry so a forged URL never learns whether its
         // expiry would have passed.
         let signed = [
@@ -81,14 +85,16 @@ impl Signer {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 {
+/// A signature has one spelling, the one [`Signer::query`] writes: exactly
+/// 64 lower-case hex digits. Other spellings of the same bytes (upper case)
+/// are refused, so a URL is either the one handed out or malformed.
+fn decode_sig(s: &str) -> Option<[u8; 32]> {
+    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    let mut sig = [0u8; 32];
+    hex::decode_to_slice(s, &mut sig).ok()?;
+    Some(sig)
 }
 
 #[cfg(test)]
@@ -135,6 +141,38 @@ mod tests {
         assert_eq!(s.verify(7, None, now), Err(SignatureError::Missing));
         assert_eq!(
             s.verify(7, Some("exp=x&sig=00"), now),
+            Err(SignatureError::Malformed)
+        );
+        let (sig_at, exp_at) = (q.find("sig=").unwrap() + 4, q.find("exp=").unwrap() + 4);
+        let upper = format!("{}{}", &q[..sig_at], q[sig_at..].to_ascii_uppercase());
+        assert_ne!(upper, q, "the signature has a letter");
+        let plus_exp = format!("{}+{}", &q[..exp_at], &q[exp_at..]);
+        for other_spelling in [upper, plus_exp] {
+            assert_eq!(
+                s.verify(7, Some(&other_spelling), now),
+                Err(SignatureError::Malformed),
+                "{other_spelling}"
+            );
+        }
+        // `u8::from_str_radix` read `+a` as `0a`: a signature with a pair
+        // starting `0` (one of the first few artifacts' has one) is refused
+        // with that pair written `+x`.
+        let (id, plus_sig) = (1..=200u64)
+            .find_map(|id| {
+                let q = s.query(id, now);
+                let at = q.find("sig=").unwrap() + 4;
+                let pair = (at..q.len()).step_by(2).find(|&i| &q[i..=i] == "0")?;
+                Some((id, format!("{}+{}", &q[..pair], &q[pair + 1..])))
+            })
+            .expect("some signature has a pair starting with 0");
+        assert_eq!(
+            s.verify(id, Some(&plus_sig), now),
+            Err(SignatureError::Malformed),
+            "{plus_sig}"
+        );
+        let short = &q[..q.len() - 2];
+        assert_eq!(
+            s.verify(7, Some(short), now),
             Err(SignatureError::Malformed)
         );
         let (_d2, other) = signer(60);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Harness;
+use common::{hex, Harness};
 use ghes_sim::fixtures::{ADMIN_TOKEN, PRIVATE_REPO, PRIVATE_REPO_ID, READER_TOKEN};
 use ghes_sim::NewArtifact;
 use serde_json::json;
@@ -79,10 +79,6 @@ fn zip_entry(zip: &[u8]) -> (String, Vec<u8>) {
     let name = String::from_utf8(zip[30..30 + name_len].to_vec()).unwrap();
     let start = 30 + name_len + extra_len;
     (name, zip[start..start + size].to_vec())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn client_env() -> ClientEnv {

@@ -282,9 +282,9 @@ pub fn wait_bounded(
     }
 }
 
-/// Lower-case hex of `bytes`.
+/// Lower-case hex of `bytes`, as the mirror writes it.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 /// The built binary, with no inherited `ARTIFACT_MIRROR_*` (or `RUST_LOG`)

@@ -1,4 +1,4 @@
-//! Small encoding and time helpers, kept here so the sim needs no extra crates.
+//! Small encoding and time helpers, kept here so the sim needs few extra crates.
 
 use sha2::{Digest, Sha256};
 use std::sync::{Mutex, MutexGuard};
@@ -10,23 +10,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
 /// sha256 over the concatenation of `parts`, as lower-case hex.
 pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p);
     }
-    hex(&h.finalize())
+    hex::encode(h.finalize())
 }
 
 /// Standard base64 with padding (GitHub's `node_id` is base64 of "08:Artifact{id}").
