@@ -800,10 +800,15 @@ fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
     Some((start.parse().ok()?, total.parse().ok()?))
 }
 
-/// `attachment; filename="x.zip"` → `x`.
+/// `attachment; filename="x.zip"; …` → `x`: the parameter's value only, up
+/// to its closing quote or, unquoted, the next `;`.
 fn disposition_name(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get(header::CONTENT_DISPOSITION)?.to_str().ok()?;
-    let name = v.split("filename=").nth(1)?.trim().trim_matches('"');
+    let value = v.split("filename=").nth(1)?.trim_start();
+    let name = match value.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next()?,
+        None => value.split(';').next()?.trim(),
+    };
     let name = name.strip_suffix(".zip").unwrap_or(name);
     (!name.is_empty()).then(|| name.to_owned())
 }
@@ -1010,5 +1015,13 @@ mod tests {
         );
         assert_eq!(content_range(&h), Some((100, 1000)));
         assert_eq!(disposition_name(&h).as_deref(), Some("build"));
+        for (header, name) in [
+            ("attachment; filename=build.zip; size=3", "build"),
+            ("attachment; filename=\"a;b.zip\"; size=3", "a;b"),
+            ("attachment;filename=\"c.zip\";creation-date=x", "c"),
+        ] {
+            h.insert(header::CONTENT_DISPOSITION, header.parse().unwrap());
+            assert_eq!(disposition_name(&h).as_deref(), Some(name), "{header}");
+        }
     }
 }

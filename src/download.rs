@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::access_log::UpstreamStatus;
 use crate::blobs::{self, Available, BlobStore, Facts, Relocate, Source};
@@ -479,8 +480,7 @@ impl Downloads {
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        let filename = name.replace(['"', '\\', '\r', '\n'], "_");
-        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}.zip\"")) {
+        if let Some(v) = content_disposition(&name) {
             h.insert(header::CONTENT_DISPOSITION, v);
         }
         if let Some(sha) = etag {
@@ -503,6 +503,44 @@ impl Downloads {
     }
 }
 
+/// What RFC 8187's `attr-char` leaves out: everything but letters, digits
+/// and `!#$&+-.^_`|~` is percent-encoded in `filename*`.
+const NOT_ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `attachment; filename="<name>.zip"`. A header value is ASCII, so a name
+/// that is not gets `_` in place of each other character there, and is
+/// sent whole as `filename*=UTF-8''…` (RFC 6266 §4.3), which clients that
+/// know it prefer.
+fn content_disposition(name: &str) -> Option<HeaderValue> {
+    let plain: String = name
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '_',
+            c if c.is_ascii() && !c.is_ascii_control() => c,
+            _ => '_',
+        })
+        .collect();
+    let mut value = format!("attachment; filename=\"{plain}.zip\"");
+    if !name.is_ascii() {
+        value.push_str("; filename*=UTF-8''");
+        value.extend(utf8_percent_encode(name, NOT_ATTR_CHAR));
+        value.push_str(".zip");
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
 /// A single `Range: bytes=…` against a blob of `total` bytes. Several ranges
 /// or a malformed header are ignored (RFC 9110 §14.2 allows that): the
 /// whole blob is sent.
@@ -516,7 +554,13 @@ enum ByteRange {
 
 impl ByteRange {
     fn parse(value: &str, total: u64) -> ByteRange {
-        let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        // Range units are case-insensitive (RFC 9110 §14.1).
+        let value = value.trim();
+        let Some(spec) = value
+            .get(..6)
+            .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+            .map(|_| &value[6..])
+        else {
             return ByteRange::Whole;
         };
         if spec.contains(',') {
@@ -547,12 +591,15 @@ impl ByteRange {
 
 #[cfg(test)]
 mod tests {
+    use super::content_disposition;
     use super::ByteRange::{self, *};
 
     #[test]
     fn ranges() {
         let p = |v| ByteRange::parse(v, 1000);
         assert_eq!(p("bytes=0-99"), Part(0, 99));
+        assert_eq!(p("BYTES=0-99"), Part(0, 99));
+        assert_eq!(p(" Bytes=900-"), Part(900, 999));
         assert_eq!(p("bytes=900-"), Part(900, 999));
         assert_eq!(p("bytes=-100"), Part(900, 999));
         assert_eq!(p("bytes=-5000"), Part(0, 999));
@@ -562,5 +609,17 @@ mod tests {
         assert_eq!(p("bytes=5-1"), Whole);
         assert_eq!(p("bytes=0-1,5-6"), Whole);
         assert_eq!(p("items=0-1"), Whole);
+        assert_eq!(p("byte"), Whole);
+    }
+
+    #[test]
+    fn a_name_that_is_not_ascii_goes_out_in_filename_star() {
+        let v = |name| content_disposition(name).unwrap();
+        assert_eq!(v("dist"), "attachment; filename=\"dist.zip\"");
+        assert_eq!(v("a\"b\\c\td"), "attachment; filename=\"a_b_c_d.zip\"");
+        assert_eq!(
+            v("résumé 1"),
+            "attachment; filename=\"r_sum_ 1.zip\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.zip"
+        );
     }
 }

@@ -608,3 +608,35 @@ async fn a_record_whose_file_vanished_is_dropped_and_the_zip_fetched_again() {
     assert_eq!(blob.unwrap().body, zip);
     assert_eq!(h.sim.counters().blob_gets, 2);
 }
+
+/// A name that is not plain ASCII reaches the client whole in `filename*`
+/// (RFC 6266), beside an ASCII `filename` for clients that only read that.
+#[tokio::test]
+async fn a_non_ascii_name_goes_out_as_filename_star() {
+    let h = Harness::start().await;
+    let art = h.sim.add_artifact(NewArtifact {
+        repo: PRIVATE_REPO.into(),
+        run_id: 9001,
+        name: "résumé 1".into(),
+        payload_bytes: 1000,
+        with_digest: false,
+        expired: false,
+    });
+    // The artifact's JSON teaches the mirror its name, as gh's list does.
+    let meta = get(
+        &h.url(&format!(
+            "/repos/{PRIVATE_REPO}/actions/artifacts/{}",
+            art.id
+        )),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(meta.status, StatusCode::OK);
+    let (_, blob) = download(&h, PRIVATE_REPO, art.id, Some(READER_TOKEN)).await;
+    let blob = blob.expect("a redirect to the blob");
+    assert_eq!(blob.status, StatusCode::OK);
+    assert_eq!(
+        blob.header("content-disposition"),
+        Some("attachment; filename=\"r_sum_ 1.zip\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.zip")
+    );
+}
