@@ -499,6 +499,11 @@ impl BlobStore {
             };
             let transient = detached.transient.load(Ordering::Relaxed);
             drop(detached);
+            // JSON that showed the artifact expired while it filled found
+            // no blob to drop yet: the one just kept must not outlive it.
+            if outcome.is_ok() && store.is_expired(artifact) {
+                store.expire(artifact).await;
+            }
             if let Err(e) = &outcome {
                 tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
                 let _ = tokio::fs::remove_file(&tmp).await;

@@ -181,3 +181,34 @@ async fn an_expires_at_in_the_past_ends_the_artifact() {
     );
     assert_eq!(h.stored_files(), 0, "no new fill stored it again");
 }
+
+/// A list shows the artifact expired while its first fill is still waiting
+/// for the blob store: there is no stored zip to drop yet, and the fill,
+/// once whole, must not keep one.
+#[tokio::test]
+async fn a_fill_under_way_when_the_artifact_expires_keeps_nothing() {
+    let h = Harness::start().await;
+    let art = artifact(&h, "filling");
+    h.sim
+        .knobs()
+        .delay_blob_answers(std::time::Duration::from_secs(2), 1);
+    let first = get(&h.url(&named(art.id)), Some(READER_TOKEN)).await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+
+    h.sim.expire_artifact(art.id);
+    let list = get(
+        &h.url(&format!(
+            "/repos/{PRIVATE_REPO}/actions/artifacts?per_page=100"
+        )),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(list.status, StatusCode::OK);
+    h.until_fills_end().await;
+    assert_eq!(h.stored_files(), 0, "the finished fill kept the zip");
+    assert_github_410(
+        &get(&h.url(&named(art.id)), Some(READER_TOKEN)).await,
+        "the reader",
+    );
+}
