@@ -350,15 +350,23 @@ impl BlobStore {
         }
     }
 
-    /// Ends every grant of an expired artifact and drops its zip, on the
-    /// blocking pool (the file and its sidecar are removed), before the
-    /// caller answers: no later download may be granted from what was.
-    pub async fn expire(self: &Arc<Self>, artifact: u64) {
+    /// Ends every grant of expired artifacts and drops their zips, in one
+    /// trip to the blocking pool (files and sidecars are removed; a list
+    /// page may name many), before the caller answers: no later download
+    /// may be granted from what was.
+    pub async fn expire(self: &Arc<Self>, artifacts: Vec<u64>) {
+        if artifacts.is_empty() {
+            return;
+        }
         let store = self.clone();
-        let removed =
-            tokio::task::spawn_blocking(move || store.remove(artifact, Eviction::Expired)).await;
+        let removed = tokio::task::spawn_blocking(move || {
+            for artifact in artifacts {
+                store.remove(artifact, Eviction::Expired);
+            }
+        })
+        .await;
         if let Err(e) = removed {
-            tracing::warn!(artifact, error = %e, "expired blob not removed");
+            tracing::warn!(error = %e, "expired blobs not removed");
         }
     }
 
@@ -502,7 +510,7 @@ impl BlobStore {
             // JSON that showed the artifact expired while it filled found
             // no blob to drop yet: the one just kept must not outlive it.
             if outcome.is_ok() && store.is_expired(artifact) {
-                store.expire(artifact).await;
+                store.expire(vec![artifact]).await;
             }
             if let Err(e) = &outcome {
                 tracing::warn!(artifact, error = %e, "fill failed; nothing stored");

@@ -306,7 +306,7 @@ impl Downloads {
         if !self.blobs.is_expired(artifact) {
             return Ok(());
         }
-        self.blobs.expire(artifact).await;
+        self.blobs.expire(vec![artifact]).await;
         Err(MirrorError::ArtifactExpired)
     }
 

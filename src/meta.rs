@@ -821,9 +821,8 @@ impl JsonCache {
                 ));
                 let status = if entry.policy.is_storable() {
                     self.store.put(key, entry.clone(), Persist::Body).await;
-                    for id in self.learn_from_body(route, &entry.body) {
-                        self.blobs.expire(id).await;
-                    }
+                    let expired = self.learn_from_body(route, &entry.body);
+                    self.blobs.expire(expired).await;
                     CacheOutcome::Miss
                 } else {
                     self.store.remove(key).await;
