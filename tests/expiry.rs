@@ -6,6 +6,9 @@
 
 mod common;
 
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use artifact_mirror::config::Revalidate;
 use common::{get, Harness, Reply};
 use ghes_sim::fixtures::{ADMIN_TOKEN, PRIVATE_REPO, PRIVATE_REPO_ID, READER_TOKEN};
 use ghes_sim::NewArtifact;
@@ -75,9 +78,14 @@ async fn a_renewal_that_shows_expired_answers_410_in_both_path_forms() {
         let direct = get(&h.direct_url(&path), Some(READER_TOKEN)).await;
         assert_github_410(&direct, "upstream itself");
 
+        h.sim.reset_counters();
         let via_mirror = get(&h.url(&path), Some(READER_TOKEN)).await;
         assert_github_410(&via_mirror, &path);
         assert_eq!(via_mirror.body, direct.body, "{path}: upstream's own words");
+        // The renewal's answer was enough: no second unit spent on the
+        // download endpoint to hear the same.
+        let asked = h.sim.counters();
+        assert_eq!((asked.get, asked.download), (1, 0), "{path}");
         assert_eq!(h.stored_files(), 0, "{path}: the zip is dropped");
         // The URL handed out before the expiry gets the same answer.
         assert_github_410(&get(&signed, None).await, "the earlier signed URL");
@@ -161,11 +169,7 @@ async fn an_expires_at_in_the_past_ends_the_artifact() {
     let signed = download(&h, &named(art.id), READER_TOKEN, art.id).await;
     h.until_stored(1).await;
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    h.sim.set_expires_at(art.id, now - 60);
+    h.sim.set_expires_at(art.id, unix_now() - 60);
     let direct = get(&h.direct_url(&named(art.id)), Some(READER_TOKEN)).await;
     assert_eq!(direct.status, StatusCode::FOUND, "upstream still redirects");
 
@@ -189,9 +193,7 @@ async fn an_expires_at_in_the_past_ends_the_artifact() {
 async fn a_fill_under_way_when_the_artifact_expires_keeps_nothing() {
     let h = Harness::start().await;
     let art = artifact(&h, "filling");
-    h.sim
-        .knobs()
-        .delay_blob_answers(std::time::Duration::from_secs(2), 1);
+    h.sim.knobs().delay_blob_answers(Duration::from_secs(2), 1);
     let first = get(&h.url(&named(art.id)), Some(READER_TOKEN)).await;
     assert_eq!(first.status, StatusCode::FOUND);
     assert_eq!(first.header("x-cache"), Some("MISS"));
@@ -211,4 +213,59 @@ async fn a_fill_under_way_when_the_artifact_expires_keeps_nothing() {
         &get(&h.url(&named(art.id)), Some(READER_TOKEN)).await,
         "the reader",
     );
+}
+
+/// Under `when-stale` a young grant skips upstream: what ends it is the
+/// list another credential made, and an `expires_at` gone by.
+#[tokio::test]
+async fn a_young_grant_gives_no_zip_of_an_expired_artifact() {
+    let h = Harness::start_with(|l| l.revalidate = Some(Revalidate::WhenStale)).await;
+
+    // Shown expired by someone else's list.
+    let listed = artifact(&h, "young-listed");
+    download(&h, &named(listed.id), READER_TOKEN, listed.id).await;
+    h.until_stored(1).await;
+    h.sim.expire_artifact(listed.id);
+    let list = format!("/repos/{PRIVATE_REPO}/actions/artifacts?per_page=100");
+    assert_eq!(
+        get(&h.url(&list), Some(ADMIN_TOKEN)).await.status,
+        StatusCode::OK
+    );
+    assert_github_410(
+        &get(&h.url(&named(listed.id)), Some(READER_TOKEN)).await,
+        "a young grant after a list showed it expired",
+    );
+
+    // Its `expires_at`, learned before the download, passes.
+    let dated = artifact(&h, "young-dated");
+    let expires_at = unix_now() + 3;
+    h.sim.set_expires_at(dated.id, expires_at);
+    let meta = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}", dated.id);
+    assert_eq!(
+        get(&h.url(&meta), Some(READER_TOKEN)).await.status,
+        StatusCode::OK
+    );
+    download(&h, &named(dated.id), READER_TOKEN, dated.id).await;
+    assert!(unix_now() < expires_at, "downloaded too late to test");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unix_now() <= expires_at {
+        assert!(
+            Instant::now() < deadline,
+            "the clock never passed expires_at"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.sim.reset_counters();
+    assert_github_410(
+        &get(&h.url(&named(dated.id)), Some(READER_TOKEN)).await,
+        "a young grant past expires_at",
+    );
+    assert_eq!(h.sim.counters().api_requests, 0, "no upstream call needed");
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }
