@@ -129,11 +129,11 @@ impl Downloads {
                     outcome: renewed,
                     confirmed,
                 } => {
+                    self.refuse_if_expired(artifact).await?;
                     // The grant's time is when upstream last said yes: a
                     // young grant (or a fresh cached answer) used again must
                     // not make itself younger, or a client downloading more
                     // often than `max_fresh` would never be asked about again.
-                    self.refuse_if_expired(artifact).await?;
                     if confirmed {
                         self.grant(artifact, credential.as_bytes(), now);
                     }
