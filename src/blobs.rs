@@ -49,6 +49,10 @@ pub struct Facts {
     pub sha256: Option<String>,
     /// Unix seconds.
     pub expires_at: Option<u64>,
+    /// GitHub's `"expired": true`: upstream may expire an artifact before
+    /// its `expires_at` (and says so only here and with a 410).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
     /// The repository it was seen under, as the JSON cache keys it
     /// (`n:owner/name` or `i:id`), so `cache purge --repo` can find it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,9 +86,16 @@ impl Facts {
                 size: artifact.get("size_in_bytes").and_then(|s| s.as_u64()),
                 sha256,
                 expires_at,
+                expired: artifact.get("expired").and_then(|e| e.as_bool()) == Some(true),
                 repo: None,
             },
         ))
+    }
+
+    /// Expired by upstream's word or by its `expires_at` (Unix seconds
+    /// `now`): no credential may have its zip any more (DESIGN rule 1).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expired || self.expires_at.is_some_and(|t| t <= now)
     }
 }
 
@@ -324,6 +335,41 @@ impl BlobStore {
         Some(Available::Stored(record, path))
     }
 
+    /// Whether any JSON of the artifact showed it expired (see
+    /// [`Facts::is_expired`]).
+    pub fn is_expired(&self, artifact: u64) -> bool {
+        match self.index.facts_get(artifact) {
+            Ok(Some(v)) => {
+                serde_json::from_slice::<Facts>(&v).is_ok_and(|f| f.is_expired(now_secs()))
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "artifact facts unreadable");
+                false
+            }
+        }
+    }
+
+    /// Ends every grant of expired artifacts and drops their zips, in one
+    /// trip to the blocking pool (files and sidecars are removed; a list
+    /// page may name many), before the caller answers: no later download
+    /// may be granted from what was.
+    pub async fn expire(self: &Arc<Self>, artifacts: Vec<u64>) {
+        if artifacts.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            for artifact in artifacts {
+                store.remove(artifact, Eviction::Expired);
+            }
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "expired blobs not removed");
+        }
+    }
+
     /// Marks a stored blob used now (for LRU eviction). Called where bytes
     /// are served, not on every lookup: a download is a route lookup plus a
     /// blob request, and only one index write is needed for it.
@@ -461,6 +507,11 @@ impl BlobStore {
             };
             let transient = detached.transient.load(Ordering::Relaxed);
             drop(detached);
+            // JSON that showed the artifact expired while it filled found
+            // no blob to drop yet: the one just kept must not outlive it.
+            if outcome.is_ok() && store.is_expired(artifact) {
+                store.expire(vec![artifact]).await;
+            }
             if let Err(e) = &outcome {
                 tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
                 let _ = tokio::fs::remove_file(&tmp).await;
@@ -999,10 +1050,26 @@ mod tests {
         assert_eq!(f.name.as_deref(), Some("dist"));
         assert_eq!(f.size, Some(12));
         assert_eq!(f.sha256.as_deref().map(str::len), Some(64));
+        assert!(!f.expired && !f.is_expired(1_803_255_330));
+        assert!(f.is_expired(1_803_255_331));
         assert!(f.sha256.unwrap().starts_with("abcdef"));
         assert_eq!(f.expires_at, Some(1_803_255_331));
         let (_, bare) = Facts::from_artifact(&serde_json::json!({"id": 1})).unwrap();
         assert_eq!(bare, Facts::default());
+        assert!(!bare.is_expired(u64::MAX));
+    }
+
+    /// GitHub may expire an artifact before its `expires_at`: the flag alone
+    /// ends it, and survives the trip through the facts table.
+    #[test]
+    fn expired_flag_alone_makes_facts_expired() {
+        let v = serde_json::json!({
+            "id": 7, "expired": true, "expires_at": "2999-01-01T00:00:00Z"
+        });
+        let (_, f) = Facts::from_artifact(&v).unwrap();
+        assert!(f.expired && f.is_expired(0));
+        let stored: Facts = serde_json::from_slice(&serde_json::to_vec(&f).unwrap()).unwrap();
+        assert!(stored.is_expired(0));
     }
 
     #[test]

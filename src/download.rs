@@ -130,6 +130,7 @@ impl Downloads {
                     outcome: renewed,
                     confirmed,
                 } => {
+                    self.refuse_if_expired(artifact).await?;
                     // The grant's time is when upstream last said yes: a
                     // young grant (or a fresh cached answer) used again must
                     // not make itself younger, or a client downloading more
@@ -182,6 +183,7 @@ impl Downloads {
                             "the download endpoint's redirect has no usable Location".into(),
                         )
                     })?;
+                self.refuse_if_expired(artifact).await?;
                 self.grant(artifact, credential.as_bytes(), now);
                 let status = match self.blobs.lookup(artifact) {
                     Some(Available::Stored(..)) => "HIT",
@@ -297,6 +299,18 @@ impl Downloads {
         })
     }
 
+    /// Upstream's yes (a 302, a renewal's 200 or 304, a young grant) does
+    /// not cover an artifact that any JSON showed expired, `"expired": true`
+    /// or an `expires_at` passed: its grants end, its zip goes, and the
+    /// answer is the download endpoint's own 410.
+    async fn refuse_if_expired(&self, artifact: u64) -> Result<(), MirrorError> {
+        if !self.blobs.is_expired(artifact) {
+            return Ok(());
+        }
+        self.blobs.expire(vec![artifact]).await;
+        Err(MirrorError::ArtifactExpired)
+    }
+
     fn grant(&self, artifact: u64, credential: &[u8], now: u64) {
         if let Err(e) = self.index.grant_put(artifact, credential, now) {
             tracing::warn!(error = %e, "grant not recorded");
@@ -381,6 +395,9 @@ impl Downloads {
         self.signer
             .verify(artifact, parts.uri.query(), SystemTime::now())
             .map_err(MirrorError::Signature)?;
+        // A URL handed out before the artifact expired gets the 410 the
+        // download endpoint now gives, not a "never fetched" 404.
+        self.refuse_if_expired(artifact).await?;
         let (total, name, etag, modified, source, cache) = match self.blobs.lookup(artifact) {
             Some(Available::Stored(record, path)) => {
                 // Opened now, so an eviction from here on cannot cut the

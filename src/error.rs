@@ -14,6 +14,10 @@ use crate::router::RouteError;
 pub const DOCUMENTATION_URL: &str =
     "https://docs.github.com/enterprise-server/rest/actions/artifacts";
 
+/// Where GitHub's own 410 for an expired artifact points.
+pub const DOWNLOAD_DOCUMENTATION_URL: &str =
+    "https://docs.github.com/rest/actions/artifacts#download-an-artifact";
+
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error(transparent)]
@@ -30,6 +34,10 @@ pub enum MirrorError {
         "Blob not available (evicted or never fetched): request the artifact's download URL again"
     )]
     BlobUnavailable,
+    /// Upstream showed the artifact expired: the mirror answers with the
+    /// download endpoint's own 410, word for word.
+    #[error("Artifact has expired")]
+    ArtifactExpired,
     #[error("Artifact could not be fetched from the blob store: {0}")]
     Fill(String),
     /// The upstream concurrency bound and its queue are full: the client
@@ -48,6 +56,7 @@ impl MirrorError {
             MirrorError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             MirrorError::Signature(_) => StatusCode::FORBIDDEN,
             MirrorError::BlobUnavailable => StatusCode::NOT_FOUND,
+            MirrorError::ArtifactExpired => StatusCode::GONE,
             MirrorError::Fill(_) => StatusCode::BAD_GATEWAY,
             MirrorError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -66,8 +75,18 @@ impl MirrorError {
         headers
     }
 
+    /// The GitHub-style JSON body.
+    pub fn body(&self) -> bytes::Bytes {
+        let documentation_url = match self {
+            MirrorError::ArtifactExpired => DOWNLOAD_DOCUMENTATION_URL,
+            _ => DOCUMENTATION_URL,
+        };
+        documented_error_body(&self.to_string(), documentation_url)
+    }
+
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json_error(self.status(), &self.to_string());
+        let mut response = Response::new(body::full(self.body()));
+        *response.status_mut() = self.status();
         *response.headers_mut() = self.headers();
         response
     }
@@ -82,9 +101,13 @@ struct ErrorBody<'a> {
 
 /// The bytes of a GitHub-style JSON error body.
 pub fn error_body(message: &str) -> bytes::Bytes {
+    documented_error_body(message, DOCUMENTATION_URL)
+}
+
+fn documented_error_body(message: &str, documentation_url: &str) -> bytes::Bytes {
     serde_json::to_vec(&ErrorBody {
         message,
-        documentation_url: DOCUMENTATION_URL,
+        documentation_url,
     })
     .unwrap_or_default()
     .into()
@@ -114,6 +137,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["message"], "Upstream did not answer within 2s");
         assert_eq!(v["documentation_url"], DOCUMENTATION_URL);
+    }
+
+    /// Byte for byte what GitHub's download endpoint answers.
+    #[tokio::test]
+    async fn expired_is_githubs_own_410() {
+        let r = MirrorError::ArtifactExpired.into_response();
+        assert_eq!(r.status(), StatusCode::GONE);
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            bytes,
+            r#"{"message":"Artifact has expired","documentation_url":"https://docs.github.com/rest/actions/artifacts#download-an-artifact"}"#
+        );
     }
 
     #[test]

@@ -20,12 +20,12 @@ use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::UpstreamStatus;
-use crate::blobs::Facts;
+use crate::blobs::{BlobStore, Facts};
 use crate::body::{self, Body};
-use crate::clock::{millis, unix_ms};
+use crate::clock::{millis, now_secs, unix_ms};
 use crate::config::{Revalidate, Settings};
 use crate::credential::{CredentialId, InstanceSecret};
-use crate::error::{error_body, MirrorError};
+use crate::error::MirrorError;
 use crate::flight::Flights;
 use crate::index::Index;
 use crate::metrics::CacheOutcome;
@@ -254,7 +254,7 @@ impl Buffered {
         Buffered {
             status: e.status(),
             headers: e.headers(),
-            body: error_body(&e.to_string()),
+            body: e.body(),
         }
     }
 
@@ -605,6 +605,8 @@ pub struct JsonCache {
     upstream: Upstream,
     secret: InstanceSecret,
     store: Store,
+    /// Told when JSON shows an artifact expired (see `learn_from_body`).
+    blobs: Arc<BlobStore>,
     flights: Flights<Key, Arc<Outcome>>,
     public: PublicBase,
     upstream_base: String,
@@ -619,6 +621,7 @@ impl JsonCache {
         upstream: Upstream,
         secret: InstanceSecret,
         index: Index,
+        blobs: Arc<BlobStore>,
     ) -> JsonCache {
         let hot = moka::future::Cache::builder()
             .max_capacity(settings.json_memory_bytes)
@@ -638,6 +641,7 @@ impl JsonCache {
         JsonCache {
             upstream,
             secret,
+            blobs,
             store: Store {
                 hot,
                 index,
@@ -872,7 +876,8 @@ impl JsonCache {
                 ));
                 let status = if entry.policy.is_storable() {
                     self.store.put(key, entry.clone(), Persist::Body).await;
-                    self.learn_from_body(route, &entry.body);
+                    let expired = self.learn_from_body(route, &entry.body);
+                    self.blobs.expire(expired).await;
                     CacheOutcome::Miss
                 } else {
                     self.store.remove(key).await;
@@ -929,16 +934,23 @@ impl JsonCache {
     ///
     /// Also records each artifact's facts (name, size, digest, expiry: the
     /// same for every credential), so a cold zip fill needs no API call.
-    fn learn_from_body(&self, route: &ArtifactRoute, body: &Bytes) {
+    /// Returns the artifacts it shows expired (a get, a renewal or any entry
+    /// of a list): the caller ends their grants and drops their zips.
+    fn learn_from_body(&self, route: &ArtifactRoute, body: &Bytes) -> Vec<u64> {
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return;
+            return Vec::new();
         };
         let artifacts = match json.get("artifacts").and_then(|a| a.as_array()) {
             Some(list) => list.iter().collect(),
             None => vec![&json],
         };
         let own = repo_id(route_repo(route));
+        let now = now_secs();
+        let mut expired = Vec::new();
         for (id, mut facts) in artifacts.iter().filter_map(|a| Facts::from_artifact(a)) {
+            if facts.is_expired(now) {
+                expired.push(id);
+            }
             facts.repo = Some(own.clone());
             let stored = serde_json::to_vec(&facts)
                 .map_err(|e| e.to_string())
@@ -971,15 +983,16 @@ impl JsonCache {
                 })
             });
         let (Some(id), Some(named)) = (id, named) else {
-            return;
+            return expired;
         };
         let (a, b) = (repo_id(&named), repo_id(&RepoRef::Id(id)));
         if own != a && own != b {
-            return; // The body names another repository (a fork's run).
+            return expired; // The body names another repository (a fork's run).
         }
         if let Err(e) = self.store.index.alias_put(a.as_bytes(), b.as_bytes()) {
             tracing::warn!(error = %e, "repository alias not stored");
         }
+        expired
     }
 }
 

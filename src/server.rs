@@ -152,12 +152,6 @@ impl Server {
             })?;
         let metrics = Arc::new(Metrics::new());
         let upstream = Upstream::new(settings, metrics.clone())?;
-        let json = Arc::new(JsonCache::new(
-            settings,
-            upstream.clone(),
-            secret.clone(),
-            index.clone(),
-        ));
         let blob_store = {
             let (dir, index) = (settings.data_dir.clone(), index.clone());
             let fetcher = BlobFetcher::new(settings, metrics.clone())?;
@@ -178,11 +172,19 @@ impl Server {
                 source,
             })?
         };
+        let blob_store = Arc::new(blob_store);
+        let json = Arc::new(JsonCache::new(
+            settings,
+            upstream.clone(),
+            secret.clone(),
+            index.clone(),
+            blob_store.clone(),
+        ));
         let downloads = Downloads::new(
             settings,
             upstream.clone(),
             json.clone(),
-            Arc::new(blob_store),
+            blob_store,
             index.clone(),
             secret,
             PublicBase::from_settings(settings),

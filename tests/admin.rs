@@ -664,10 +664,28 @@ async fn gc_drops_facts_of_expired_artifacts_and_grants_without_a_blob() {
         download(&h, &zip_path(PUBLIC_REPO, art.id), READER_TOKEN).await;
     }
     // `big` is over max_blob_bytes: streamed, not stored, yet granted.
-    // `gone` expires upstream, and the next list says so.
-    h.sim.expire_artifact(gone.id);
+    // The list teaches the mirror `gone`'s `expires_at`, 5 s away; then its
+    // time passes with the mirror told nothing more. (JSON that already
+    // shows it expired would drop its blob and grant at once.)
+    let now = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let expires_at = now() + 5;
+    h.sim.set_expires_at(gone.id, expires_at);
     let list = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
     assert_eq!(get(&list, Some(READER_TOKEN)).await.status, StatusCode::OK);
+    assert!(now() < expires_at, "the list came too late to test gc");
+    let deadline = Instant::now() + Duration::from_secs(7);
+    while now() <= expires_at {
+        assert!(
+            Instant::now() < deadline,
+            "the clock never passed expires_at"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop(&mut h).await;
     let dir = h.data_dir.path();
     let before = stats(dir);

@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 const DOCS: &str = "https://docs.github.com/rest";
 const DOCS_ARTIFACTS: &str = "https://docs.github.com/rest/actions/artifacts";
+/// GitHub's 410 for an expired (or deleted) artifact points here.
+const DOCS_DOWNLOAD: &str = "https://docs.github.com/rest/actions/artifacts#download-an-artifact";
 const JSON: &str = "application/json; charset=utf-8";
 
 enum Payload {
@@ -378,13 +380,13 @@ fn download(st: &State, who: Identity, repo: &Repo, id: u64, format: &str) -> An
     }
     let Some(artifact) = artifact_in(st, repo, id) else {
         return if lock(&st.store).was_deleted(id) {
-            Answer::error(StatusCode::GONE, "Artifact has expired", DOCS_ARTIFACTS)
+            Answer::error(StatusCode::GONE, "Artifact has expired", DOCS_DOWNLOAD)
         } else {
             Answer::not_found()
         };
     };
     if artifact.expired {
-        return Answer::error(StatusCode::GONE, "Artifact has expired", DOCS_ARTIFACTS);
+        return Answer::error(StatusCode::GONE, "Artifact has expired", DOCS_DOWNLOAD);
     }
     let path = format!("/blobs/{}/{}.zip", artifact.id, artifact.sha256);
     let se = expiry(st).to_string();

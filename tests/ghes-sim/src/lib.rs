@@ -234,6 +234,13 @@ impl Sim {
         lock(&self.state.store).misdescribe(id, digest, size_in_bytes);
     }
 
+    /// Moves the artifact's `expires_at` (Unix seconds) and nothing else:
+    /// `"expired"` stays false and the download endpoint keeps answering,
+    /// as between the retention date passing and GHES's expiry job running.
+    pub fn set_expires_at(&self, id: u64, unix: u64) {
+        lock(&self.state.store).set_expires_at(id, unix);
+    }
+
     /// Marks the artifact expired: its JSON says `"expired": true` (so its
     /// ETags change) and the download endpoint answers 410.
     pub fn expire_artifact(&self, id: u64) {
