@@ -15,7 +15,7 @@ use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 
 use crate::access_log::UpstreamStatus;
-use crate::blobs::{self, Available, BlobStore, Facts, Relocate, Source};
+use crate::blobs::{self, Available, BlobStore, Facts, FillError, Relocate, Source};
 use crate::body::{self, Body};
 use crate::clock::{millis, now_ms};
 use crate::config::{Revalidate, Settings};
@@ -411,7 +411,7 @@ impl Downloads {
                 .await
                 {
                     Ok(Ok(s)) => s.clone(),
-                    _ => return Err(MirrorError::Fill("the blob store did not answer".into())),
+                    _ => return Err(MirrorError::Fill(Arc::new(FillError::NoAnswer))),
                 };
                 if let Some(Err(e)) = known.outcome {
                     return Err(MirrorError::Fill(e));
@@ -425,13 +425,13 @@ impl Downloads {
                     let verdict = state
                         .wait_for(|s| s.outcome.is_some())
                         .await
-                        .map_err(|_| MirrorError::Fill("the fill stopped".into()))?
+                        .map_err(|_| MirrorError::Fill(Arc::new(FillError::Stopped)))?
                         .outcome
                         .clone();
                     match verdict {
                         Some(Ok(record)) => total = record.size,
                         Some(Err(e)) => return Err(MirrorError::Fill(e)),
-                        None => return Err(MirrorError::Fill("the fill stopped".into())),
+                        None => return Err(MirrorError::Fill(Arc::new(FillError::Stopped))),
                     }
                 }
                 let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));

@@ -30,8 +30,12 @@ pub enum MirrorError {
         "Blob not available (evicted or never fetched): request the artifact's download URL again"
     )]
     BlobUnavailable,
-    #[error("Artifact could not be fetched from the blob store: {0}")]
-    Fill(String),
+    /// Its text names no local path: the log line of the fill has those.
+    #[error(
+        "Artifact could not be fetched from the blob store: {}",
+        .0.client_message()
+    )]
+    Fill(std::sync::Arc<crate::blobs::FillError>),
     /// The upstream concurrency bound and its queue are full: the client
     /// should come back shortly rather than pile onto GHES.
     #[error("The mirror has too many requests waiting for GHES; retry in {0} s")]
@@ -125,6 +129,32 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("application/json"));
+    }
+
+    #[tokio::test]
+    async fn fill_errors_name_no_local_path() {
+        let tmp = "/var/lib/artifact-mirror/tmp/7-0011223344556677.part";
+        let error = crate::blobs::FillError::Io {
+            op: "create",
+            path: tmp.into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        };
+        // The log line keeps the path.
+        assert!(error.to_string().contains(tmp), "{error}");
+        let r = MirrorError::Fill(std::sync::Arc::new(error)).into_response();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["documentation_url"], DOCUMENTATION_URL);
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Artifact could not be fetched"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("/var/lib"),
+            "a local path reached the client: {message}"
+        );
     }
 
     #[test]
