@@ -290,8 +290,8 @@ impl BlobStore {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::create_dir_all(data_dir.join("blobs").join("sha256"))?;
+        crate::private::create_dir_all(&tmp)?;
+        crate::private::create_dir_all(&data_dir.join("blobs").join("sha256"))?;
         let store = BlobStore {
             dir: data_dir.to_owned(),
             index,
@@ -552,7 +552,7 @@ impl BlobStore {
         relocate: &Relocate,
         tx: &watch::Sender<FillState>,
     ) -> Result<BlobRecord, FillError> {
-        let mut file = tokio::fs::File::create(tmp)
+        let mut file = crate::private::create_file_async(tmp)
             .await
             .map_err(FillError::io("create", tmp))?;
         let mut hasher = Sha256::new();
@@ -720,7 +720,7 @@ impl BlobStore {
     ) -> Result<BlobRecord, FillError> {
         let path = self.path_of(&record.sha256);
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
+            crate::private::create_dir_all_async(parent)
                 .await
                 .map_err(FillError::io("create", parent))?;
         }

@@ -13,8 +13,11 @@ pub fn alive() -> Response<Body> {
 
 pub async fn ready(data_dir: &std::path::Path, index: &Index) -> Response<Body> {
     let probe = data_dir.join(".ready-probe");
-    let disk = match tokio::fs::write(&probe, b"ok").await {
-        Ok(()) => tokio::fs::remove_file(&probe).await,
+    let disk = match crate::private::create_file_async(&probe).await {
+        Ok(mut file) => match tokio::io::AsyncWriteExt::write_all(&mut file, b"ok").await {
+            Ok(()) => tokio::fs::remove_file(&probe).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let index_check = {
