@@ -268,26 +268,6 @@ async fn a_stale_answer_does_not_renew_a_grant() {
     );
 }
 
-/// Runs `cmd` under umask 022, the usual default, which leaves new files
-/// readable by every local user unless the mirror sets their modes itself.
-#[cfg(unix)]
-fn under_umask_022(cmd: &std::process::Command) -> std::process::Child {
-    let mut sh = std::process::Command::new("sh");
-    sh.arg("-c")
-        .arg("umask 022 && exec \"$0\" \"$@\"")
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => sh.env(key, value),
-            None => sh.env_remove(key),
-        };
-    }
-    sh.spawn().expect("the mirror starts")
-}
-
 /// A loopback port free a moment ago (the mirror binds it right after).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -319,32 +299,6 @@ fn stop(mut child: std::process::Child) {
     assert!(killed.is_ok_and(|s| s.success()));
     let status = common::wait_bounded(&mut child, Duration::from_secs(20));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
-}
-
-/// Every entry under `root` whose mode is not 0700 (directory) or 0600
-/// (file), with that mode; and how many entries there are.
-#[cfg(unix)]
-fn not_private(root: &std::path::Path) -> (Vec<(std::path::PathBuf, String)>, usize) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut wrong = Vec::new();
-    let mut seen = 0;
-    let mut pending = vec![root.to_owned()];
-    while let Some(path) = pending.pop() {
-        seen += 1;
-        assert!(seen < 10_000, "the data dir does not end");
-        let meta = std::fs::symlink_metadata(&path).expect("entry readable");
-        let mode = meta.permissions().mode() & 0o777;
-        let want = if meta.is_dir() { 0o700 } else { 0o600 };
-        if mode != want {
-            wrong.push((path.clone(), format!("{mode:o}")));
-        }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).expect("dir readable") {
-                pending.push(entry.expect("dir entry").path());
-            }
-        }
-    }
-    (wrong, seen)
 }
 
 /// Widens every entry as an older version (umask 022) left them.
@@ -388,7 +342,9 @@ async fn data_dir_is_private_to_its_owner_whatever_the_umask() {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(&data_dir);
-    let child = under_umask_022(&cmd);
+    let child = common::under_umask_022(&cmd)
+        .spawn()
+        .expect("the mirror starts");
     until_healthy(port).await;
 
     let api = format!("http://127.0.0.1:{port}/api/v3");
@@ -412,7 +368,7 @@ async fn data_dir_is_private_to_its_owner_whatever_the_umask() {
     assert_eq!(Some(blob.body.clone()), sim.zip_bytes(art.id));
 
     // The whole body arrived, so the blob, its sidecar and record are kept.
-    let (wrong, seen) = not_private(&data_dir);
+    let (wrong, seen) = common::not_private(&data_dir);
     let shard = std::fs::read_dir(data_dir.join("blobs/sha256"))
         .unwrap()
         .next()
@@ -439,16 +395,20 @@ async fn start_narrows_a_data_dir_left_readable_by_others() {
     let data_dir = dir.path().join("data");
     let port = free_port();
     let cmd = common::serve_command(&format!("127.0.0.1:{port}"), &data_dir);
-    let first = under_umask_022(&cmd);
+    let first = common::under_umask_022(&cmd)
+        .spawn()
+        .expect("the mirror starts");
     until_healthy(port).await;
     stop(first);
     widen(&data_dir);
-    let (wrong, seen) = not_private(&data_dir);
+    let (wrong, seen) = common::not_private(&data_dir);
     assert_eq!(wrong.len(), seen, "every entry widened");
 
-    let second = under_umask_022(&cmd);
+    let second = common::under_umask_022(&cmd)
+        .spawn()
+        .expect("the mirror starts");
     until_healthy(port).await;
-    let (wrong, seen) = not_private(&data_dir);
+    let (wrong, seen) = common::not_private(&data_dir);
     stop(second);
     assert!(seen > 5, "only {seen} entries walked");
     assert!(wrong.is_empty(), "left readable by others: {wrong:?}");
