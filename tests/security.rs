@@ -413,3 +413,85 @@ async fn start_narrows_a_data_dir_left_readable_by_others() {
     assert!(seen > 5, "only {seen} entries walked");
     assert!(wrong.is_empty(), "left readable by others: {wrong:?}");
 }
+
+/// A fill that fails on the mirror's own disk: the client's answer names
+/// none of the mirror's paths; the operator's log line does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_failing_on_the_local_disk_names_no_path_to_the_client() {
+    let sim = ghes_sim::Sim::start(ghes_sim::SimConfig::default())
+        .await
+        .expect("simulator starts");
+    let art = sim.add_artifact(NewArtifact {
+        repo: PRIVATE_REPO.into(),
+        run_id: 9001,
+        name: "confidential".into(),
+        payload_bytes: 20_000,
+        with_digest: true,
+        expired: false,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let mut child = common::mirror_command()
+        .args(["serve", "--upstream", &sim.api_base(), "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("ARTIFACT_MIRROR_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the mirror starts");
+    until_healthy(port).await;
+    // No fill can create its file now, even as root.
+    let tmp = data_dir.join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+
+    let api = format!("http://127.0.0.1:{port}/api/v3");
+    let zip = get(
+        &format!(
+            "{api}/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
+            art.id
+        ),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(zip.status, StatusCode::FOUND);
+    // The fill fails at once: it is gone (404) or its failure answers (502).
+    let blob = get(zip.header("location").expect("location"), None).await;
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
+    let mut log = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut log);
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+
+    assert!(
+        [StatusCode::NOT_FOUND, StatusCode::BAD_GATEWAY].contains(&blob.status),
+        "{:?}",
+        blob.status
+    );
+    let v = blob.json();
+    assert!(v["message"].is_string(), "not GitHub-style: {v}");
+    assert!(v["documentation_url"].is_string(), "not GitHub-style: {v}");
+    let body = String::from_utf8_lossy(&blob.body);
+    let root = dir.path().to_string_lossy();
+    assert!(
+        !body.contains(&*root),
+        "a local path reached the client: {body}"
+    );
+    let failed = log
+        .lines()
+        .find(|l| l.contains("fill failed"))
+        .unwrap_or_else(|| panic!("no log line for the failed fill: {log}"));
+    assert!(
+        failed.contains(&*tmp.to_string_lossy()),
+        "the log line lost the path: {failed}"
+    );
+}
