@@ -123,8 +123,8 @@ impl Swept {
 }
 
 /// Why a fill ended without a blob. The log line gets the whole text
-/// (local paths included, for the operator); a client gets
-/// [`FillError::client_message`], which names no local path.
+/// (local paths included, for the operator); what a client is told is
+/// decided in [`crate::error`], and names no local path.
 #[derive(Debug, thiserror::Error)]
 pub enum FillError {
     #[error("the blob store answered {0}")]
@@ -165,24 +165,6 @@ impl FillError {
     fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FillError {
         let path = path.to_owned();
         move |source| FillError::Io { op, path, source }
-    }
-
-    /// What a client is told: the mirror's own disk and index failures and
-    /// the blob host's address stay in the log.
-    pub fn client_message(&self) -> String {
-        match self {
-            FillError::Io { .. } | FillError::Index(_) => {
-                "the mirror could not store it on its disk".to_owned()
-            }
-            FillError::Unreachable(_) => "the blob store could not be reached".to_owned(),
-            FillError::GaveUp { attempts, last } => {
-                format!(
-                    "gave up after {attempts} attempts: {}",
-                    last.client_message()
-                )
-            }
-            other => other.to_string(),
-        }
     }
 }
 
