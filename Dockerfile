@@ -47,7 +47,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 mirror \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
       --home-dir /var/lib/artifact-mirror --shell /usr/sbin/nologin mirror \
- && install -d -o 10001 -g 10001 -m 0750 /var/lib/artifact-mirror \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/artifact-mirror \
  && install -d -m 0755 /etc/artifact-mirror
 COPY --from=build /usr/local/bin/artifact-mirror /usr/local/bin/artifact-mirror
 COPY config/artifact-mirror.toml /etc/artifact-mirror/artifact-mirror.toml

@@ -133,6 +133,52 @@ impl Swept {
     }
 }
 
+/// Why a fill ended without a blob. The log line gets the whole text
+/// (local paths included, for the operator); what a client is told is
+/// decided in [`crate::error`], and names no local path.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    #[error("the blob store answered {0}")]
+    UpstreamStatus(StatusCode),
+    /// An expired or refused signed URL, and no fresh one to be had.
+    #[error("the blob store answered {0}; no fresh location")]
+    NoFreshLocation(StatusCode),
+    /// The fetcher's text: the blob host and path, never the signed query.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("the blob store's answer is unusable: {0}")]
+    BadAnswer(String),
+    #[error("the transfer was cut: {0}")]
+    Cut(String),
+    #[error("size mismatch: expected {expected} bytes, the blob store has {got}")]
+    SizeMismatch { expected: u64, got: u64 },
+    #[error("digest mismatch: expected sha256:{expected}, got sha256:{got}")]
+    DigestMismatch { expected: String, got: String },
+    /// The local disk failed; `op` says at what.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the blob was not recorded: {0}")]
+    Index(String),
+    #[error("gave up after {attempts} attempts: {last}")]
+    GaveUp { attempts: u32, last: Box<FillError> },
+    #[error("the blob store did not answer")]
+    NoAnswer,
+    #[error("the fill stopped")]
+    Stopped,
+}
+
+impl FillError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FillError {
+        let path = path.to_owned();
+        move |source| FillError::Io { op, path, source }
+    }
+}
+
 /// Where a fill stands; watched by every client reading it.
 #[derive(Debug, Clone, Default)]
 pub struct FillState {
@@ -141,7 +187,7 @@ pub struct FillState {
     pub total: Option<u64>,
     pub name: Option<String>,
     /// `Some` when the fill ended.
-    pub outcome: Option<Result<BlobRecord, String>>,
+    pub outcome: Option<Result<BlobRecord, Arc<FillError>>>,
 }
 
 pub struct Fill {
@@ -237,8 +283,8 @@ impl BlobStore {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::create_dir_all(data_dir.join("blobs").join("sha256"))?;
+        crate::private::create_dir_all(&tmp)?;
+        crate::private::create_dir_all(&data_dir.join("blobs").join("sha256"))?;
         let store = BlobStore {
             dir: data_dir.to_owned(),
             index,
@@ -504,7 +550,8 @@ impl BlobStore {
                 }
                 Ok(record) => store.keep(artifact, &tmp, record).await,
                 Err(e) => Err(e),
-            };
+            }
+            .map_err(Arc::new);
             let transient = detached.transient.load(Ordering::Relaxed);
             drop(detached);
             // JSON that showed the artifact expired while it filled found
@@ -537,15 +584,15 @@ impl BlobStore {
         facts: &Facts,
         relocate: &Relocate,
         tx: &watch::Sender<FillState>,
-    ) -> Result<BlobRecord, String> {
-        let mut file = tokio::fs::File::create(tmp)
+    ) -> Result<BlobRecord, FillError> {
+        let mut file = crate::private::create_file_async(tmp)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            .map_err(FillError::io("create", tmp))?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut total = facts.size;
         let mut name = facts.name.clone();
-        let mut last_error = String::from("no attempt made");
+        let mut last_error = FillError::NoAnswer;
         // After a restart from byte 0 (a store that ignored `Range`): how
         // many bytes the earlier answers had written, and their digest.
         // Clients may already hold those bytes, so the new answer must
@@ -559,7 +606,7 @@ impl BlobStore {
             let response = match self.fetcher.get(&location, from).await {
                 Ok(r) => r,
                 Err(e) => {
-                    last_error = e;
+                    last_error = FillError::Unreachable(e);
                     continue;
                 }
             };
@@ -575,12 +622,12 @@ impl BlobStore {
                         }
                         file.seek(SeekFrom::Start(0))
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(FillError::io("seek in", tmp))?;
                         hasher = Sha256::new();
                         written = 0;
                     }
                     let length = content_length(response.headers())
-                        .ok_or("the blob store sent no Content-Length")?;
+                        .ok_or_else(|| FillError::BadAnswer("no Content-Length".into()))?;
                     check_size(total, length)?;
                     total = Some(length);
                     if name.is_none() {
@@ -588,10 +635,13 @@ impl BlobStore {
                     }
                 }
                 StatusCode::PARTIAL_CONTENT => {
-                    let (start, length) = content_range(response.headers())
-                        .ok_or("the blob store sent a 206 without a usable Content-Range")?;
+                    let (start, length) = content_range(response.headers()).ok_or_else(|| {
+                        FillError::BadAnswer("a 206 without a usable Content-Range".into())
+                    })?;
                     if start != written {
-                        return Err(format!("asked for bytes from {written}, got from {start}"));
+                        return Err(FillError::BadAnswer(format!(
+                            "asked for bytes from {written}, got from {start}"
+                        )));
                     }
                     check_size(total, length)?;
                     total = Some(length);
@@ -601,15 +651,15 @@ impl BlobStore {
                 | StatusCode::FORBIDDEN
                 | StatusCode::NOT_FOUND
                 | StatusCode::GONE => {
-                    last_error = format!("the blob store answered {}", response.status());
+                    last_error = FillError::UpstreamStatus(response.status());
                     match relocate().await {
                         Some(fresh) => location = fresh,
-                        None => return Err(format!("{last_error}; no fresh location")),
+                        None => return Err(FillError::NoFreshLocation(response.status())),
                     }
                     continue;
                 }
                 other => {
-                    last_error = format!("the blob store answered {other}");
+                    last_error = FillError::UpstreamStatus(other);
                     continue;
                 }
             }
@@ -634,7 +684,7 @@ impl BlobStore {
                     }
                 };
                 if written + data.len() as u64 > size {
-                    return Err(format!("the blob store sent more than {size} bytes"));
+                    return Err(FillError::BadAnswer(format!("more than {size} bytes")));
                 }
                 if let Some((upto, digest)) = &replay {
                     if written + data.len() as u64 >= *upto {
@@ -645,30 +695,33 @@ impl BlobStore {
                         let mut prefix = hasher.clone();
                         prefix.update(&data[..head]);
                         if prefix.finalize().as_slice() != digest.as_slice() {
-                            return Err(format!(
-                                "the blob store's restarted answer differs in its first {upto} bytes"
-                            ));
+                            return Err(FillError::BadAnswer(format!(
+                                "the restarted answer differs in its first {upto} bytes"
+                            )));
                         }
                         replay = None;
                     }
                 }
-                file.write_all(&data).await.map_err(|e| e.to_string())?;
+                file.write_all(&data)
+                    .await
+                    .map_err(FillError::io("write", tmp))?;
                 self.metrics.fetched_from_upstream(data.len() as u64);
                 // Readers open the file themselves: the bytes must be in it
                 // before they are announced.
-                file.flush().await.map_err(|e| e.to_string())?;
+                file.flush().await.map_err(FillError::io("write", tmp))?;
                 hasher.update(&data);
                 written += data.len() as u64;
                 tx.send_modify(|s| s.written = written);
             }
             if written == size {
-                file.sync_all().await.map_err(|e| e.to_string())?;
+                file.sync_all().await.map_err(FillError::io("sync", tmp))?;
                 let sha256 = hex(&hasher.finalize());
                 if let Some(expected) = &facts.sha256 {
                     if *expected != sha256 {
-                        return Err(format!(
-                            "digest mismatch: expected sha256:{expected}, got sha256:{sha256}"
-                        ));
+                        return Err(FillError::DigestMismatch {
+                            expected: expected.clone(),
+                            got: sha256,
+                        });
                     }
                 }
                 return Ok(BlobRecord {
@@ -680,11 +733,15 @@ impl BlobStore {
                     repo: facts.repo.clone(),
                 });
             }
-            last_error = cut
-                .unwrap_or_else(|| format!("the transfer ended after {written} of {size} bytes"));
+            last_error = FillError::Cut(
+                cut.unwrap_or_else(|| format!("it ended after {written} of {size} bytes")),
+            );
             tracing::info!(artifact, written, size, "blob transfer cut; resuming");
         }
-        Err(format!("gave up after {ATTEMPTS} attempts: {last_error}"))
+        Err(FillError::GaveUp {
+            attempts: ATTEMPTS,
+            last: Box::new(last_error),
+        })
     }
 
     /// Renames a checked transfer into `blobs/`, records it, applies the quota.
@@ -693,16 +750,16 @@ impl BlobStore {
         artifact: u64,
         tmp: &Path,
         record: BlobRecord,
-    ) -> Result<BlobRecord, String> {
+    ) -> Result<BlobRecord, FillError> {
         let path = self.path_of(&record.sha256);
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
+            crate::private::create_dir_all_async(parent)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(FillError::io("create", parent))?;
         }
         tokio::fs::rename(tmp, &path)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(FillError::io("rename", tmp))?;
         if let Some(parent) = path.parent() {
             // The rename itself must survive a crash before the record does.
             if let Ok(dir) = tokio::fs::File::open(parent).await {
@@ -725,10 +782,10 @@ impl BlobStore {
         if let Err(e) = sidecar {
             tracing::warn!(artifact, error = %e, "blob sidecar not written");
         }
-        let encoded = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        let encoded = serde_json::to_vec(&record).map_err(|e| FillError::Index(e.to_string()))?;
         self.index
             .blob_put(artifact, &encoded, now_ms())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| FillError::Index(e.to_string()))?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
         self.stored_blobs.fetch_add(1, Ordering::Relaxed);
         // Expired blobs are left to lookups and housekeeping: finding them
@@ -825,11 +882,9 @@ impl BlobStore {
     }
 }
 
-fn check_size(expected: Option<u64>, got: u64) -> Result<(), String> {
+fn check_size(expected: Option<u64>, got: u64) -> Result<(), FillError> {
     match expected {
-        Some(e) if e != got => Err(format!(
-            "size mismatch: expected {e} bytes, the blob store has {got}"
-        )),
+        Some(expected) if expected != got => Err(FillError::SizeMismatch { expected, got }),
         _ => Ok(()),
     }
 }
@@ -918,7 +973,7 @@ async fn pump(
                         .join(&record.sha256);
                     open(&stored).await.map_err(|e| e.to_string())?
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(e.to_string()),
                 None => return Err("stored blob not found".into()),
             }
         }
@@ -951,7 +1006,7 @@ async fn pump_file(
                 // goes on to reject end as complete.
                 let releasable = written.min(end.saturating_sub(1));
                 match outcome {
-                    Some(Err(e)) => return Err(e),
+                    Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(record)) => break record.size,
                     None if releasable > pos => break releasable,
                     None => {

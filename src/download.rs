@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::access_log::UpstreamStatus;
-use crate::blobs::{self, Available, BlobStore, Facts, Relocate, Source};
+use crate::blobs::{self, Available, BlobStore, Facts, FillError, Relocate, Source};
 use crate::body::{self, Body};
 use crate::clock::{millis, now_ms};
 use crate::config::{Revalidate, Settings};
@@ -429,7 +429,7 @@ impl Downloads {
                 .await
                 {
                     Ok(Ok(s)) => s.clone(),
-                    _ => return Err(MirrorError::Fill("the blob store did not answer".into())),
+                    _ => return Err(MirrorError::Fill(Arc::new(FillError::NoAnswer))),
                 };
                 if let Some(Err(e)) = known.outcome {
                     return Err(MirrorError::Fill(e));
@@ -443,13 +443,13 @@ impl Downloads {
                     let verdict = state
                         .wait_for(|s| s.outcome.is_some())
                         .await
-                        .map_err(|_| MirrorError::Fill("the fill stopped".into()))?
+                        .map_err(|_| MirrorError::Fill(Arc::new(FillError::Stopped)))?
                         .outcome
                         .clone();
                     match verdict {
                         Some(Ok(record)) => total = record.size,
                         Some(Err(e)) => return Err(MirrorError::Fill(e)),
-                        None => return Err(MirrorError::Fill("the fill stopped".into())),
+                        None => return Err(MirrorError::Fill(Arc::new(FillError::Stopped))),
                     }
                 }
                 let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));

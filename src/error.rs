@@ -7,6 +7,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::blobs::FillError;
 use crate::body::{self, Body};
 use crate::router::RouteError;
 
@@ -38,8 +39,11 @@ pub enum MirrorError {
     /// download endpoint's own 410, word for word.
     #[error("Artifact has expired")]
     ArtifactExpired,
-    #[error("Artifact could not be fetched from the blob store: {0}")]
-    Fill(String),
+    #[error(
+        "Artifact could not be fetched from the blob store: {}",
+        fill_message(.0)
+    )]
+    Fill(std::sync::Arc<FillError>),
     /// The upstream concurrency bound and its queue are full: the client
     /// should come back shortly rather than pile onto GHES.
     #[error("The mirror has too many requests waiting for GHES; retry in {0} s")]
@@ -89,6 +93,22 @@ impl MirrorError {
         *response.status_mut() = self.status();
         *response.headers_mut() = self.headers();
         response
+    }
+}
+
+/// What a client is told of a failed fill. The mirror's own disk and index
+/// failures (which name local paths) and the blob host's address stay in
+/// the fill's log line.
+fn fill_message(error: &FillError) -> String {
+    match error {
+        FillError::Io { .. } | FillError::Index(_) => {
+            "the mirror could not store it on its disk".to_owned()
+        }
+        FillError::Unreachable(_) => "the blob store could not be reached".to_owned(),
+        FillError::GaveUp { attempts, last } => {
+            format!("gave up after {attempts} attempts: {}", fill_message(last))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -160,6 +180,38 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("application/json"));
+    }
+
+    #[tokio::test]
+    async fn fill_errors_name_no_local_path() {
+        let tmp = "/var/lib/artifact-mirror/tmp/7-0011223344556677.part";
+        let io = || FillError::Io {
+            op: "create",
+            path: tmp.into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        };
+        let gave_up = FillError::GaveUp {
+            attempts: 5,
+            last: Box::new(io()),
+        };
+        for error in [io(), gave_up] {
+            // The log line keeps the path.
+            assert!(error.to_string().contains(tmp), "{error}");
+            let r = MirrorError::Fill(std::sync::Arc::new(error)).into_response();
+            assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+            let bytes = r.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["documentation_url"], DOCUMENTATION_URL);
+            let message = v["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("Artifact could not be fetched"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("/var/lib"),
+                "a local path reached the client: {message}"
+            );
+        }
     }
 
     #[test]

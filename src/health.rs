@@ -13,10 +13,13 @@ pub fn alive() -> Response<Body> {
 
 pub async fn ready(data_dir: &std::path::Path, index: &Index) -> Response<Body> {
     let probe = data_dir.join(".ready-probe");
-    let disk = match tokio::fs::write(&probe, b"ok").await {
-        Ok(()) => tokio::fs::remove_file(&probe).await,
-        Err(e) => Err(e),
-    };
+    let disk = async {
+        // Private like every other file under the data dir.
+        let mut file = crate::private::create_file_async(&probe).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, b"ok").await?;
+        tokio::fs::remove_file(&probe).await
+    }
+    .await;
     let index_check = {
         let index = index.clone();
         tokio::task::spawn_blocking(move || index.check())

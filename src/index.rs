@@ -95,6 +95,12 @@ const PROBE_KEY: &[u8] = b"instance/ready-probe";
 
 impl Index {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Index, IndexOpenError> {
+        // sled takes no mode: its directory is made 0700 first (nothing
+        // inside is reachable by others then) and its files narrowed after.
+        crate::private::create_dir_all(dir).map_err(|e| IndexOpenError {
+            path: dir.to_owned(),
+            source: sled::Error::Io(e),
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -133,6 +139,9 @@ impl Index {
             }
         }
         index.json_bytes.store(total, Ordering::Relaxed);
+        if let Some(error) = crate::private::tighten(dir).first_error {
+            tracing::warn!(%error, "index files left readable by others");
+        }
         Ok(index)
     }
 

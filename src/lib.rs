@@ -16,6 +16,7 @@ pub mod health;
 pub mod index;
 pub mod meta;
 pub mod metrics;
+pub mod private;
 pub mod repair;
 pub mod rewrite;
 pub mod router;

@@ -32,11 +32,13 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            // Help and version go to stdout with status 0; bad arguments to
+            // stderr with status 2. clap knows which is which.
             let _ = e.print();
             if let Some(var) = env_source(&e) {
                 eprintln!("note: the value came from the environment variable {var}");
             }
-            return ExitCode::from(2);
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
     match cli.command {

@@ -165,7 +165,7 @@ impl Report {
 /// an admin command).
 pub fn reconcile(data_dir: &Path, index: &Index, rehash: bool) -> Result<Report, RepairError> {
     let tmp = data_dir.join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+    crate::private::create_dir_all(&tmp).map_err(io_at(&tmp))?;
     let scan = scan(data_dir)?;
     let mut report = Report::default();
 
@@ -319,7 +319,7 @@ pub fn clear_tmp(data_dir: &Path) -> Result<u64, RepairError> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+    crate::private::create_dir_all(&tmp).map_err(io_at(&tmp))?;
     Ok(count)
 }
 

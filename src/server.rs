@@ -30,6 +30,7 @@ use crate::download::Downloads;
 use crate::index::{Index, IndexOpenError};
 use crate::meta::JsonCache;
 use crate::metrics::Metrics;
+use crate::private;
 use crate::rewrite::PublicBase;
 use crate::upstream::{BlobFetcher, ClientInfo, Upstream, UpstreamSetupError};
 
@@ -130,12 +131,29 @@ impl Server {
     /// the first connection is accepted.
     pub async fn bind(settings: &Settings) -> Result<Server, StartError> {
         let data_dir = settings.data_dir.clone();
-        tokio::fs::create_dir_all(&data_dir)
+        // A data dir an older version made 0755/0644 is narrowed first.
+        let tightened = {
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                private::create_dir_all(&dir).map(|()| private::tighten(&dir))
+            })
             .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
             .map_err(|source| StartError::DataDir {
                 path: data_dir.clone(),
                 source,
-            })?;
+            })?
+        };
+        if tightened.changed > 0 {
+            tracing::info!(
+                entries = tightened.changed,
+                "data dir made private to its owner"
+            );
+        }
+        if let Some(error) = tightened.first_error {
+            tracing::warn!(entries = tightened.failed, %error, "data dir entries left readable by others");
+        }
         let index_dir = data_dir.join("index");
         let cache = settings.index_cache_bytes;
         let index = tokio::task::spawn_blocking(move || Index::open(&index_dir, cache))

@@ -128,7 +128,7 @@ fn write_locked(blob: &Path, tmp_dir: &Path, sidecar: &Sidecar) -> Result<(), Si
     let mut nonce = [0u8; 8];
     let _ = getrandom::fill(&mut nonce);
     let tmp = tmp_dir.join(format!("sidecar-{}.json", hex(&nonce)));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+    let written = crate::private::create_file(&tmp).and_then(|mut f| {
         f.write_all(&bytes)?;
         f.sync_all()
     });

@@ -966,3 +966,30 @@ async fn a_delete_through_the_mirror_removes_the_sidecar_too() {
     assert_eq!(del.status, StatusCode::NO_CONTENT);
     assert!(!path.exists() && !sidecar_path(&path).exists());
 }
+
+/// What `cache verify` writes (a rebuilt index, a missing sidecar) is as
+/// private as what the server writes, whatever the umask.
+#[cfg(unix)]
+#[tokio::test]
+async fn verify_writes_private_files_whatever_the_umask() {
+    let mut h = Harness::start().await;
+    populate(&h).await;
+    stop(&mut h).await;
+    let dir = h.data_dir.path();
+    let verify = || {
+        let mut cmd = common::mirror_command();
+        cmd.args(["cache", "verify", "--data-dir"]).arg(dir);
+        let mut child = common::under_umask_022(&cmd).spawn().expect("binary runs");
+        let status = common::wait_bounded(&mut child, Duration::from_secs(60));
+        assert_eq!(status.and_then(|s| s.code()), Some(0));
+    };
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    verify();
+    let sidecar = sidecar_path(&blob_path(&h, PUBLIC_ART));
+    std::fs::remove_file(&sidecar).unwrap();
+    verify();
+    assert!(sidecar.exists(), "the sidecar was not rewritten");
+    let (wrong, seen) = common::not_private(dir);
+    assert!(seen > 10, "only {seen} entries walked");
+    assert!(wrong.is_empty(), "readable by others: {wrong:?}");
+}

@@ -93,6 +93,57 @@ fn file_then_env_then_flag() {
     assert_eq!(via_env.0, "127.0.0.1:1111");
 }
 
+/// The subcommands a `--help` page lists under `Commands:` (clap's own
+/// `help` left out), so the walk below follows clap rather than a list
+/// that could go stale.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    for args in [&["--help"][..], &["-h"], &["--version"], &["-V"], &["help"]] {
+        let (code, out, err) = run(common::mirror_command().args(args));
+        assert_eq!(code, 0, "{args:?}: exit {code}\n{err}");
+        assert!(!out.is_empty(), "{args:?}: nothing on stdout");
+        assert!(err.is_empty(), "{args:?}: stderr: {err}");
+    }
+    // Every subcommand's --help, found by walking the help pages.
+    let mut pending: Vec<Vec<String>> = vec![vec![]];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        assert!(seen < 100, "the help tree does not end");
+        seen += 1;
+        let (code, out, err) = run(common::mirror_command().args(&path).arg("--help"));
+        assert_eq!(code, 0, "{path:?} --help: exit {code}\n{err}");
+        assert!(out.contains("Usage:"), "{path:?} --help: {out}");
+        for sub in subcommands(&out) {
+            pending.push(path.iter().cloned().chain([sub]).collect());
+        }
+    }
+    // The top page, serve, check-config, cache and its four commands.
+    assert!(seen >= 8, "only {seen} help pages found");
+
+    for args in [
+        &["--no-such-flag"][..],
+        &["no-such-command"],
+        &[],
+        &["cache"],
+    ] {
+        let (code, out, err) = run(common::mirror_command().args(args));
+        assert_eq!(code, 2, "{args:?}: exit {code}\n{out}{err}");
+        assert!(out.is_empty(), "{args:?}: stdout: {out}");
+        assert!(!err.is_empty(), "{args:?}: nothing on stderr");
+    }
+}
+
 #[test]
 fn upstream_alone_gives_the_defaults() {
     let (code, out, err) = run(common::mirror_command().args([

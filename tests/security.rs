@@ -267,3 +267,231 @@ async fn a_stale_answer_does_not_renew_a_grant() {
         "served from the store throughout"
     );
 }
+
+/// A loopback port free a moment ago (the mirror binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits (bounded) until the mirror on `port` answers `/healthz`.
+async fn until_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the mirror never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get(&format!("http://127.0.0.1:{port}/healthz"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// SIGTERM, then waits (bounded) for a clean exit.
+fn stop(mut child: std::process::Child) {
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// Widens every entry as an older version (umask 022) left them.
+#[cfg(unix)]
+fn widen(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![root.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = if meta.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        }
+    }
+}
+
+/// Zips, sidecars, cached JSON, the index and the key of a shared runner
+/// host's mirror are its own: other local users read none of them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_is_private_to_its_owner_whatever_the_umask() {
+    let sim = ghes_sim::Sim::start(ghes_sim::SimConfig::default())
+        .await
+        .expect("simulator starts");
+    let art = sim.add_artifact(NewArtifact {
+        repo: PRIVATE_REPO.into(),
+        run_id: 9001,
+        name: "confidential".into(),
+        payload_bytes: 20_000,
+        with_digest: true,
+        expired: false,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let mut cmd = common::mirror_command();
+    cmd.args(["serve", "--upstream", &sim.api_base(), "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data_dir);
+    let child = common::under_umask_022(&cmd)
+        .spawn()
+        .expect("the mirror starts");
+    until_healthy(port).await;
+
+    let api = format!("http://127.0.0.1:{port}/api/v3");
+    let list = get(
+        &format!("{api}/repos/{PRIVATE_REPO}/actions/artifacts"),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(list.status, StatusCode::OK);
+    let zip = get(
+        &format!(
+            "{api}/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
+            art.id
+        ),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(zip.status, StatusCode::FOUND);
+    let blob = get(zip.header("location").expect("location"), None).await;
+    assert_eq!(blob.status, StatusCode::OK);
+    assert_eq!(Some(blob.body.clone()), sim.zip_bytes(art.id));
+
+    // The whole body arrived, so the blob, its sidecar and record are kept.
+    let (wrong, seen) = common::not_private(&data_dir);
+    let shard = std::fs::read_dir(data_dir.join("blobs/sha256"))
+        .unwrap()
+        .next()
+        .expect("a blob shard")
+        .unwrap()
+        .path();
+    let kept = std::fs::read_dir(&shard).unwrap().count();
+    let missing: Vec<_> = ["secret", "server.json", "index", "tmp"]
+        .into_iter()
+        .filter(|name| !data_dir.join(name).exists())
+        .collect();
+    stop(child);
+    assert_eq!(kept, 2, "the blob and its sidecar");
+    assert!(missing.is_empty(), "{missing:?} missing");
+    assert!(seen > 10, "only {seen} entries walked");
+    assert!(wrong.is_empty(), "readable by others: {wrong:?}");
+}
+
+/// A data dir an older version left 0755/0644 is narrowed at start.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_narrows_a_data_dir_left_readable_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let cmd = common::serve_command(&format!("127.0.0.1:{port}"), &data_dir);
+    let first = common::under_umask_022(&cmd)
+        .spawn()
+        .expect("the mirror starts");
+    until_healthy(port).await;
+    stop(first);
+    widen(&data_dir);
+    let (wrong, seen) = common::not_private(&data_dir);
+    assert_eq!(wrong.len(), seen, "every entry widened");
+
+    let second = common::under_umask_022(&cmd)
+        .spawn()
+        .expect("the mirror starts");
+    until_healthy(port).await;
+    let (wrong, seen) = common::not_private(&data_dir);
+    stop(second);
+    assert!(seen > 5, "only {seen} entries walked");
+    assert!(wrong.is_empty(), "left readable by others: {wrong:?}");
+}
+
+/// A fill that fails on the mirror's own disk: the client's answer names
+/// none of the mirror's paths; the operator's log line does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_failing_on_the_local_disk_names_no_path_to_the_client() {
+    let sim = ghes_sim::Sim::start(ghes_sim::SimConfig::default())
+        .await
+        .expect("simulator starts");
+    let art = sim.add_artifact(NewArtifact {
+        repo: PRIVATE_REPO.into(),
+        run_id: 9001,
+        name: "confidential".into(),
+        payload_bytes: 20_000,
+        with_digest: true,
+        expired: false,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let mut child = common::mirror_command()
+        .args(["serve", "--upstream", &sim.api_base(), "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("ARTIFACT_MIRROR_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the mirror starts");
+    until_healthy(port).await;
+    // No fill can create its file now, even as root.
+    let tmp = data_dir.join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+
+    let api = format!("http://127.0.0.1:{port}/api/v3");
+    let zip = get(
+        &format!(
+            "{api}/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
+            art.id
+        ),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(zip.status, StatusCode::FOUND);
+    // The fill fails at once: it is gone (404) or its failure answers (502).
+    let blob = get(zip.header("location").expect("location"), None).await;
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
+    let mut log = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut log);
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+
+    assert!(
+        [StatusCode::NOT_FOUND, StatusCode::BAD_GATEWAY].contains(&blob.status),
+        "{:?}",
+        blob.status
+    );
+    let v = blob.json();
+    assert!(v["message"].is_string(), "not GitHub-style: {v}");
+    assert!(v["documentation_url"].is_string(), "not GitHub-style: {v}");
+    let body = String::from_utf8_lossy(&blob.body);
+    let root = dir.path().to_string_lossy();
+    assert!(
+        !body.contains(&*root),
+        "a local path reached the client: {body}"
+    );
+    let failed = log
+        .lines()
+        .find(|l| l.contains("fill failed"))
+        .unwrap_or_else(|| panic!("no log line for the failed fill: {log}"));
+    assert!(
+        failed.contains(&*tmp.to_string_lossy()),
+        "the log line lost the path: {failed}"
+    );
+}

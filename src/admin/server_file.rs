@@ -46,7 +46,7 @@ impl ServerFile {
     pub fn write(&self, data_dir: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         let tmp = data_dir.join(format!(".{FILE_NAME}.{}", self.pid));
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        let written = crate::private::create_file(&tmp).and_then(|mut f| {
             f.write_all(&bytes)?;
             f.write_all(b"\n")?;
             f.sync_all()

@@ -2,7 +2,7 @@
 // over TLS, the way actions/download-artifact uses it with `github-token`
 // and `run-id` (the "findBy" public-API path).
 //
-// Run by `cargo test --test clients actions_artifact` (tests/clients.rs)
+// Run by `cargo test --test clients actions_artifact -- --include-ignored` (tests/clients.rs)
 // with cwd tests/clients, FIXTURE naming the fixture JSON and
 // NODE_EXTRA_CA_CERTS the test CA. Prints one line per check; exits 1 on the
 // first mismatch.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # curl through the mirror, over TLS with a test CA: what a shell script in CI
-# would do. Run by `cargo test --test clients curl` (tests/clients.rs), which
+# would do. Run by `cargo test --test clients curl -- --include-ignored` (tests/clients.rs), which
 # starts the GHES simulator and the mirror, writes the fixture named by
 # $FIXTURE and runs this with cwd tests/clients and MIRROR_CA_FILE set.
 #

@@ -1,6 +1,6 @@
 // @octokit/rest, unmodified, through the mirror over TLS.
 //
-// Run by `cargo test --test clients octokit` (tests/clients.rs) with cwd
+// Run by `cargo test --test clients octokit -- --include-ignored` (tests/clients.rs) with cwd
 // tests/clients, FIXTURE naming the fixture JSON and NODE_EXTRA_CA_CERTS the
 // test CA. Prints one line per check; exits 1 on the first mismatch.
 //

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyGithub (+ requests) through the mirror, over TLS with a test CA.
 
-Run by `cargo test --test clients pygithub` (tests/clients.rs), which starts
+Run by `cargo test --test clients pygithub -- --include-ignored` (tests/clients.rs), which starts
 the GHES simulator and the mirror, writes the fixture named by $FIXTURE and
 runs this script with cwd tests/clients. Unmodified PyGithub, configured the
 way a user would point it at the mirror:

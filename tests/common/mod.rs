@@ -314,3 +314,52 @@ pub fn serve_command(listen: &str, data_dir: &std::path::Path) -> std::process::
     .arg(data_dir);
     cmd
 }
+
+/// Runs `cmd` under umask 022, the usual default, which leaves new files
+/// readable by every local user unless the mirror sets their modes itself.
+#[cfg(unix)]
+pub fn under_umask_022(cmd: &std::process::Command) -> std::process::Command {
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    sh
+}
+
+/// Every entry under `root` whose mode is not 0700 (directory) or 0600
+/// (file), with that mode; and how many entries there are.
+#[cfg(unix)]
+pub fn not_private(root: &std::path::Path) -> (Vec<(std::path::PathBuf, String)>, usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    let mut pending = vec![root.to_owned()];
+    while let Some(path) = pending.pop() {
+        seen += 1;
+        assert!(seen < 10_000, "the data dir does not end");
+        let meta = std::fs::symlink_metadata(&path).expect("entry readable");
+        let mode = meta.permissions().mode() & 0o777;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if mode != want {
+            wrong.push((path.clone(), format!("{mode:o}")));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("dir readable") {
+                pending.push(entry.expect("dir entry").path());
+            }
+        }
+    }
+    (wrong, seen)
+}
