@@ -308,29 +308,77 @@ impl Upstream {
             .map_err(|e| MirrorError::BadRequest(e.to_string()))
     }
 
-    /// `X-Forwarded-For`/`-Proto`: appended to what the client sent when the
-    /// operator trusts the hop in front of the mirror, otherwise replaced, so
-    /// a client cannot make GHES's audit log name someone else.
+    /// Forwarding headers: with `trust_forwarded_headers` the hop in front
+    /// of the mirror vouches for the client's, so the chain is kept and this
+    /// hop appended; otherwise every one the client wrote is dropped (any of
+    /// them could make GHES's audit log or rate limiter name someone else)
+    /// and only the mirror's own `X-Forwarded-For`/`-Proto` go upstream.
     fn add_forwarding(&self, headers: &mut HeaderMap, client: ClientInfo) {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let xfp = HeaderName::from_static("x-forwarded-proto");
+        let proto = if client.tls { "https" } else { "http" };
         let peer = client.peer.to_string();
-        let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prior) if self.trust_forwarded => format!("{prior}, {peer}"),
-            _ => peer,
+        let (xff, forwarded) = if self.trust_forwarded {
+            let chain = |name: &HeaderName| {
+                let values: Vec<&str> = headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                (!values.is_empty()).then(|| values.join(", "))
+            };
+            // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+            let node = match client.peer {
+                IpAddr::V4(_) => peer.clone(),
+                IpAddr::V6(_) => format!("\"[{peer}]\""),
+            };
+            (
+                chain(&X_FORWARDED_FOR).map_or_else(|| peer.clone(), |c| format!("{c}, {peer}")),
+                chain(&FORWARDED).map(|c| format!("{c}, for={node};proto={proto}")),
+            )
+        } else {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| is_forwarding(name))
+                .cloned()
+                .collect();
+            for name in names {
+                headers.remove(name);
+            }
+            (peer, None)
         };
-        headers.remove(&xff);
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert(xff, value);
+        for (name, value) in [(X_FORWARDED_FOR, Some(xff)), (FORWARDED, forwarded)] {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(name, value);
+            }
         }
-        if !(self.trust_forwarded && headers.contains_key(&xfp)) {
-            let proto = if client.tls { "https" } else { "http" };
-            headers.insert(xfp, HeaderValue::from_static(proto));
-        }
-        if !self.trust_forwarded {
-            headers.remove("x-forwarded-host");
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
     }
+}
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Whether `name` says who the client is or how it reached a proxy: every
+/// `X-Forwarded-*`, and the others that GHES's stack (Rails, Rack, nginx)
+/// or a CDN reads for the client's address, scheme, host or port. The one
+/// list of them, so none is forgotten by one caller.
+fn is_forwarding(name: &HeaderName) -> bool {
+    const OTHERS: &[&str] = &[
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "front-end-https",
+        "x-url-scheme",
+    ];
+    name.as_str().starts_with("x-forwarded-") || OTHERS.contains(&name.as_str())
 }
 
 fn tls_config(
