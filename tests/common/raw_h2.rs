@@ -93,17 +93,18 @@ pub async fn get<S: AsyncWrite + Unpin>(io: &mut S, stream: u32, authority: &str
         .expect("HEADERS");
 }
 
-/// Reads frames for at most `wait`, acknowledging the server's SETTINGS,
-/// until the server closes or a frame on `until_stream` ends that stream.
-/// PINGs are answered only when `answer_pings`: a client that ignores them
-/// must not hold a connection open either.
+/// Reads frames until `wait` after `started` (the times in [`Seen`] count
+/// from it too), acknowledging the server's SETTINGS, until the server
+/// closes or a frame on `until_stream` ends that stream. PINGs are answered
+/// only when `answer_pings`: a client that ignores them must not hold a
+/// connection open either.
 pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
+    started: Instant,
     wait: Duration,
     until_stream: Option<u32>,
     answer_pings: bool,
 ) -> Seen {
-    let started = Instant::now();
     let mut seen = Seen {
         frames: Vec::new(),
         eof: None,
@@ -121,7 +122,7 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; len];
-        if tokio::time::timeout(wait, io.read_exact(&mut payload))
+        if tokio::time::timeout(left, io.read_exact(&mut payload))
             .await
             .map_or(true, |r| r.is_err())
         {
@@ -159,7 +160,14 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
 /// on it, with no GOAWAY before.
 pub async fn assert_served<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, stream: u32, path: &str) {
     get(io, stream, "localhost", path).await;
-    let seen = read(io, Duration::from_secs(10), Some(stream), true).await;
+    let seen = read(
+        io,
+        Instant::now(),
+        Duration::from_secs(10),
+        Some(stream),
+        true,
+    )
+    .await;
     assert!(seen.goaways().is_empty(), "GOAWAY instead: {seen:?}");
     let head = seen
         .frames
