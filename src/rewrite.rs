@@ -16,6 +16,7 @@ use hyper::body::Body as _;
 
 use crate::body::{self, Body};
 use crate::error::MirrorError;
+use crate::upstream::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// Largest forwarded JSON answer rewritten; larger ones stream unchanged.
 const MAX_FORWARD_REWRITE: u64 = 4 * 1024 * 1024;
@@ -94,9 +95,6 @@ impl PublicBase {
         Ok(format!("{proto}://{host}{api_path}"))
     }
 }
-
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// `host[:port]`: a DNS name or IPv4 address of unreserved characters, or a
 /// bracketed IPv6 literal, and digits for the port. No userinfo, path,

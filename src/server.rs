@@ -13,9 +13,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 mod guard;
@@ -257,7 +257,9 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
-        let graceful = GracefulShutdown::new();
+        // Each connection holds a receiver: a send asks them all to finish,
+        // and `closed()` says they have.
+        let (stop, _) = watch::channel(());
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let housekeeping = tokio::spawn(housekeeping(Arc::downgrade(&self.app)));
         tokio::pin!(shutdown);
@@ -304,15 +306,13 @@ impl Server {
             let limits = self.limits;
             match &self.tls {
                 None => {
-                    let io = Guarded::new(stream, state, limits, false);
+                    let io = Guarded::new(stream, state.clone(), limits, false);
                     let conn = builder
                         .serve_connection(TokioIo::new(io), service)
                         .into_owned();
-                    let conn = graceful.watch(conn);
+                    let stop = stop.subscribe();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
+                        drive(conn, stop, &state, limits.header_read, peer).await;
                         drop(slot);
                     });
                 }
@@ -321,7 +321,7 @@ impl Server {
                     // client never holds up accepting others. Connections
                     // still in their handshake at shutdown are dropped.
                     let (acceptor, builder) = (acceptor.clone(), builder.clone());
-                    let watcher = graceful.watcher();
+                    let stop = stop.subscribe();
                     tokio::spawn(async move {
                         let stream =
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -338,11 +338,9 @@ impl Server {
                                 }
                             };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = Guarded::new(stream, state, limits, h2);
+                        let io = Guarded::new(stream, state.clone(), limits, h2);
                         let conn = builder.serve_connection(TokioIo::new(io), service);
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
+                        drive(conn, stop, &state, limits.header_read, peer).await;
                         drop(slot);
                     });
                 }
@@ -352,8 +350,9 @@ impl Server {
         housekeeping.abort();
         tracing::info!(grace = ?self.grace, "shutting down: no new connections");
         let deadline = tokio::time::Instant::now() + self.grace;
+        let _ = stop.send(());
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections finished"),
+            () = stop.closed() => tracing::info!("all connections finished"),
             () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!("grace period over; closing the remaining connections");
             }
@@ -374,6 +373,40 @@ impl Server {
         if let Err(e) = self.app.index().flush().await {
             tracing::error!(error = %e, "index flush failed");
         }
+    }
+}
+
+/// Serves one connection to its end. Its graceful shutdown (GOAWAY on
+/// HTTP/2, close after the current response on HTTP/1.1) starts when the
+/// server stops, bounded by the grace period, or when the guard finds an
+/// HTTP/2 connection past its header-read or idle limit; then the client
+/// gets `linger` to finish (it must answer the GOAWAY's PING before hyper
+/// closes), so one that ignores the GOAWAY cannot hold the connection.
+async fn drive<C>(
+    conn: C,
+    mut stop: watch::Receiver<()>,
+    state: &ConnState,
+    linger: Duration,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => Some(ended),
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            Some(conn.as_mut().await)
+        }
+        () = state.goaway_asked() => {
+            tracing::debug!(%peer, "HTTP/2 connection past its time limit: GOAWAY");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(linger, conn.as_mut()).await.ok()
+        }
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -252,7 +252,7 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(header::HOST, self.host_header.clone());
-        self.add_forwarding(&mut parts.headers, client);
+        add_forwarding(&mut parts.headers, client, self.trust_forwarded);
         parts
             .headers
             .append(header::VIA, HeaderValue::from_static(VIA));
@@ -307,30 +307,78 @@ impl Upstream {
             .build()
             .map_err(|e| MirrorError::BadRequest(e.to_string()))
     }
+}
 
-    /// `X-Forwarded-For`/`-Proto`: appended to what the client sent when the
-    /// operator trusts the hop in front of the mirror, otherwise replaced, so
-    /// a client cannot make GHES's audit log name someone else.
-    fn add_forwarding(&self, headers: &mut HeaderMap, client: ClientInfo) {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let xfp = HeaderName::from_static("x-forwarded-proto");
-        let peer = client.peer.to_string();
-        let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prior) if self.trust_forwarded => format!("{prior}, {peer}"),
-            _ => peer,
+/// Forwarding headers: with `trust_forwarded_headers` the hop in front
+/// of the mirror vouches for the client's, so the chain is kept and this
+/// hop appended; otherwise every one the client wrote is dropped (any of
+/// them could make GHES's audit log or rate limiter name someone else)
+/// and only the mirror's own `X-Forwarded-For`/`-Proto` go upstream.
+fn add_forwarding(headers: &mut HeaderMap, client: ClientInfo, trusted: bool) {
+    let proto = if client.tls { "https" } else { "http" };
+    let peer = client.peer.to_string();
+    let (xff, forwarded) = if trusted {
+        let chain = |name: &HeaderName| {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
         };
-        headers.remove(&xff);
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert(xff, value);
+        // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+        let node = match client.peer {
+            IpAddr::V4(_) => peer.clone(),
+            IpAddr::V6(_) => format!("\"[{peer}]\""),
+        };
+        (
+            chain(&X_FORWARDED_FOR).map_or_else(|| peer.clone(), |c| format!("{c}, {peer}")),
+            chain(&FORWARDED).map(|c| format!("{c}, for={node};proto={proto}")),
+        )
+    } else {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| is_forwarding(name))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
         }
-        if !(self.trust_forwarded && headers.contains_key(&xfp)) {
-            let proto = if client.tls { "https" } else { "http" };
-            headers.insert(xfp, HeaderValue::from_static(proto));
-        }
-        if !self.trust_forwarded {
-            headers.remove("x-forwarded-host");
+        (peer, None)
+    };
+    for (name, value) in [(X_FORWARDED_FOR, Some(xff)), (FORWARDED, forwarded)] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, value);
         }
     }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+}
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Whether `name` says who the client is or how it reached a proxy: every
+/// `X-Forwarded-*`, and the others that GHES's stack (Rails, Rack, nginx)
+/// or a CDN reads for the client's address, scheme, host or port. The one
+/// list of them, so none is forgotten by one caller.
+fn is_forwarding(name: &HeaderName) -> bool {
+    const OTHERS: &[&str] = &[
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "front-end-https",
+        "x-url-scheme",
+    ];
+    name.as_str().starts_with("x-forwarded-") || OTHERS.contains(&name.as_str())
 }
 
 fn tls_config(
@@ -420,6 +468,52 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "etag"]);
+    }
+
+    #[test]
+    fn forwarding_headers_are_dropped_unless_trusted() {
+        let forged = || {
+            let mut h = HeaderMap::new();
+            for (name, value) in [
+                ("forwarded", "for=198.51.100.7"),
+                ("x-forwarded-for", "198.51.100.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-anything", "1"),
+                ("x-real-ip", "198.51.100.7"),
+                ("client-ip", "198.51.100.7"),
+                ("via", "1.1 lb"),
+            ] {
+                h.insert(name, value.parse().unwrap());
+            }
+            h
+        };
+        let client = ClientInfo {
+            peer: "2001:db8::1".parse().unwrap(),
+            tls: false,
+            route: "",
+        };
+        let mut h = forged();
+        add_forwarding(&mut h, client, false);
+        let mut left: Vec<_> = h.iter().map(|(k, v)| format!("{k}: {v:?}")).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                r#"via: "1.1 lb""#,
+                r#"x-forwarded-for: "2001:db8::1""#,
+                r#"x-forwarded-proto: "http""#,
+            ]
+        );
+
+        let mut h = forged();
+        add_forwarding(&mut h, client, true);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 2001:db8::1");
+        assert_eq!(
+            h["forwarded"],
+            r#"for=198.51.100.7, for="[2001:db8::1]";proto=http"#
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
     }
 
     #[test]

@@ -177,11 +177,27 @@ async fn other_routes_are_forwarded_with_bodies_both_ways() {
     assert_eq!(last.body_len, payload.len());
 }
 
+/// Forwarding headers a client can write to pose as another address,
+/// scheme or host; without `trust_forwarded_headers` none may reach GHES.
+const FORGED: &[(&str, &str)] = &[
+    (
+        "forwarded",
+        "for=198.51.100.7;proto=https;host=evil.example",
+    ),
+    ("x-real-ip", "198.51.100.7"),
+    ("x-forwarded-port", "443"),
+    ("x-forwarded-prefix", "/evil"),
+    ("x-client-ip", "198.51.100.7"),
+    ("client-ip", "198.51.100.7"),
+    ("true-client-ip", "198.51.100.7"),
+    ("x-forwarded-ssl", "on"),
+];
+
 #[tokio::test]
 async fn header_hygiene_toward_upstream_and_back() {
     let h = Harness::start().await;
     let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
-    let req = Request::get(&url)
+    let mut req = Request::get(&url)
         .header("authorization", format!("token {READER_TOKEN}"))
         .header("connection", "keep-alive, x-hop-secret")
         .header("x-hop-secret", "must not travel")
@@ -190,9 +206,13 @@ async fn header_hygiene_toward_upstream_and_back() {
         .header("te", "trailers")
         .header("x-forwarded-for", "203.0.113.9")
         .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
         .header("x-github-api-version", "2022-11-28")
         .body(Full::new(Bytes::new()))
         .unwrap();
+    for (name, value) in FORGED {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
     let r = send(req).await;
     assert_eq!(r.status, StatusCode::OK);
     // Two Vary lines and the Via of this hop on the way back.
@@ -217,6 +237,9 @@ async fn header_hygiene_toward_upstream_and_back() {
     assert_eq!(header("x-forwarded-proto"), ["http"]);
     assert!(header("x-forwarded-host").is_empty());
     assert_eq!(header("via"), ["1.1 artifact-mirror"]);
+    for (forged, _) in FORGED {
+        assert!(header(forged).is_empty(), "{forged} was forwarded");
+    }
     for hop in [
         "x-hop-secret",
         "keep-alive",
@@ -234,6 +257,9 @@ async fn trusted_forwarding_headers_are_appended() {
     let req = Request::get(h.url("/meta"))
         .header("x-forwarded-for", "203.0.113.9")
         .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "ci.example.com")
+        .header("x-real-ip", "203.0.113.9")
+        .header("forwarded", "for=203.0.113.9;proto=https")
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(send(req).await.status, StatusCode::OK);
@@ -251,6 +277,12 @@ async fn trusted_forwarding_headers_are_appended() {
         Some("203.0.113.9, 127.0.0.1")
     );
     assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(get("x-forwarded-host").as_deref(), Some("ci.example.com"));
+    assert_eq!(get("x-real-ip").as_deref(), Some("203.0.113.9"));
+    assert_eq!(
+        get("forwarded").as_deref(),
+        Some("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http")
+    );
 }
 
 /// Each malformed request gets a GitHub-style 4xx from the mirror and

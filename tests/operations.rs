@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, hex, request, send, Harness, Reply, TIMEOUT};
+use common::{get, hex, raw_h2, request, send, Harness, Reply, TIMEOUT};
 use ghes_sim::fixtures::{ADMIN_TOKEN, PRIVATE_REPO, READER_TOKEN};
 use ghes_sim::{NewArtifact, Sim, SimConfig};
 use http::{Method, StatusCode};
@@ -311,6 +311,51 @@ async fn header_limits_answer_431_and_408_and_idle_connections_close() {
     })
     .await
     .expect("limits checks");
+}
+
+/// HTTP/2 gets the limits HTTP/1.1 has, each ended with a GOAWAY: a first
+/// request not complete within `header_read_timeout`, and a connection idle
+/// past `idle_timeout`; requests spaced wider than `header_read_timeout`
+/// keep being served.
+#[tokio::test]
+async fn h2c_connections_get_goaway_at_the_header_read_and_idle_limits() {
+    let h = Harness::start_with(|l| {
+        l.header_read_timeout = Some("1s".parse().unwrap());
+        l.idle_timeout = Some("4s".parse().unwrap());
+    })
+    .await;
+    // The preface and SETTINGS, then no request: GOAWAY at the header-read
+    // limit, and closed although this client ignores the GOAWAY's PING.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(h.mirror).await.unwrap();
+    raw_h2::preface(&mut silent).await;
+    let seen = raw_h2::read(&mut silent, started, TIMEOUT, None, false).await;
+    let (at, _) = *seen
+        .goaways()
+        .first()
+        .unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
+    assert!(at >= Duration::from_millis(900), "{at:?}");
+    assert!(at < Duration::from_secs(8), "{at:?}");
+    let eof = seen.eof.unwrap_or_else(|| panic!("not closed: {seen:?}"));
+    assert!(eof < Duration::from_secs(12), "{eof:?}");
+
+    // A client that sends requests is not held to the header-read limit
+    // after its first...
+    let mut busy = tokio::net::TcpStream::connect(h.mirror).await.unwrap();
+    raw_h2::preface(&mut busy).await;
+    raw_h2::assert_served(&mut busy, 1, "/healthz").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    raw_h2::assert_served(&mut busy, 3, "/healthz").await;
+    // ...and idle past idle_timeout gets GOAWAY naming its last stream.
+    let seen = raw_h2::read(&mut busy, started, TIMEOUT, None, true).await;
+    let goaways = seen.goaways();
+    let (at, _) = *goaways
+        .first()
+        .unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
+    assert!(at >= Duration::from_millis(3900), "{at:?}");
+    assert_eq!(goaways.last().map(|(_, f)| f.last_stream()), Some(3));
+    assert!(seen.eof.is_some(), "not closed: {seen:?}");
 }
 
 #[tokio::test]

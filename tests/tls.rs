@@ -5,9 +5,10 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, TIMEOUT};
+use common::{raw_h2, Harness, TIMEOUT};
 use ghes_sim::fixtures::{PUBLIC_REPO, READER_TOKEN};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -26,6 +27,17 @@ fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, rcgen::Ce
     (cert_path, key_path, cert)
 }
 
+/// A client config that trusts only `cert`.
+fn trusting(cert: &rcgen::Certificate) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 fn https_client(
     cert: &rcgen::Certificate,
     h2: bool,
@@ -33,15 +45,7 @@ fn https_client(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 > {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = trusting(cert);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only();
@@ -94,6 +98,49 @@ async fn https_with_h2_by_alpn_and_https_urls() {
         ))
         .await;
     assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+}
+
+/// HTTP/2 chosen by ALPN has the header-read limit too: a connection that
+/// sends the preface and no request gets GOAWAY and is closed; one that
+/// sends requests is served.
+#[tokio::test]
+async fn h2_over_tls_gets_goaway_at_the_header_read_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path, cert) = certificate(dir.path());
+    let h = Harness::start_with(|l| {
+        l.tls_cert = Some(cert_path.clone());
+        l.tls_key = Some(key_path.clone());
+        l.header_read_timeout = Some("1s".parse().unwrap());
+    })
+    .await;
+    let connect = || async {
+        let mut config = trusting(&cert);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(h.mirror).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls
+    };
+    let mut served = connect().await;
+    raw_h2::preface(&mut served).await;
+    raw_h2::assert_served(&mut served, 1, "/healthz").await;
+
+    let started = std::time::Instant::now();
+    let mut silent = connect().await;
+    raw_h2::preface(&mut silent).await;
+    let seen = raw_h2::read(&mut silent, started, TIMEOUT, None, false).await;
+    let (at, _) = *seen
+        .goaways()
+        .first()
+        .unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
+    assert!(at >= Duration::from_millis(900), "{at:?}");
+    assert!(at < Duration::from_secs(8), "{at:?}");
+    let eof = seen.eof.unwrap_or_else(|| panic!("not closed: {seen:?}"));
+    assert!(eof < Duration::from_secs(12), "{eof:?}");
 }
 
 #[test]

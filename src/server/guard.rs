@@ -12,14 +12,21 @@
 //!
 //! - no request in flight, head bytes arriving: `header_read_timeout` from
 //!   the head's first byte (or from accept for the first request) → 408 and
-//!   close (HTTP/1), close (HTTP/2);
+//!   close (HTTP/1);
+//! - HTTP/2, no request yet: `header_read_timeout` from accept → GOAWAY;
 //! - no request in flight, nothing arriving: `idle_timeout` from the last
-//!   response's end → close;
+//!   response's end → close (HTTP/1), GOAWAY (HTTP/2);
 //! - a request in flight whose client stopped reading the response (writes
 //!   pending) for `idle_timeout` → close.
 //!
 //! A request in flight that is waiting for upstream is not limited here:
 //! the upstream timeout bounds it.
+//!
+//! HTTP/2 is not ended from here by end-of-stream: that would close without
+//! the GOAWAY a client needs to tell "retry elsewhere" from a broken
+//! connection. The wrapper asks the connection's task instead
+//! ([`ConnState::goaway_asked`]), which starts hyper's graceful shutdown
+//! and bounds how long it may take.
 
 use std::future::Future;
 use std::io;
@@ -32,6 +39,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_body;
@@ -54,6 +62,8 @@ pub struct ConnState {
     begun: AtomicU64,
     /// When the last response ended, in ms since `epoch`.
     idle_since_ms: AtomicU64,
+    /// An HTTP/2 connection passed a limit: its task is to send GOAWAY.
+    goaway: Notify,
 }
 
 impl ConnState {
@@ -63,7 +73,14 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             begun: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            goaway: Notify::new(),
         })
+    }
+
+    /// Resolves once the connection is HTTP/2 and past its header-read or
+    /// idle limit.
+    pub async fn goaway_asked(&self) {
+        self.goaway.notified().await;
     }
 
     /// A request head was read: the service is called.
@@ -149,6 +166,8 @@ pub struct Guarded<IO> {
     h2: bool,
     first_read: bool,
     expired: Option<Expired>,
+    /// GOAWAY was asked for (HTTP/2): the connection's task bounds the rest.
+    goaway_asked: bool,
 }
 
 impl<IO> Guarded<IO> {
@@ -166,6 +185,7 @@ impl<IO> Guarded<IO> {
             h2,
             first_read: true,
             expired: None,
+            goaway_asked: false,
         }
     }
 
@@ -183,8 +203,13 @@ impl<IO> Guarded<IO> {
                 None => (now + self.limits.idle.min(self.limits.header_read), None),
             };
         }
+        // HTTP/2 frames between requests (pings, settings) are no request
+        // head: only the first request is timed like one.
+        let first = self.state.begun.load(Ordering::Acquire) == 0;
         match self.head_current() {
-            Some(since) if !self.h2 => (since + self.limits.header_read, Some(Expired::Head)),
+            Some(since) if !self.h2 || first => {
+                (since + self.limits.header_read, Some(Expired::Head))
+            }
             _ => (
                 self.state.idle_since() + self.limits.idle,
                 Some(Expired::Idle),
@@ -195,6 +220,9 @@ impl<IO> Guarded<IO> {
     /// Polls the timer; when it fired, checks the deadline that applies and
     /// either expires the connection or re-arms for that deadline.
     fn check(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        if self.goaway_asked {
+            return None;
+        }
         // Bounded: a re-armed timer lies in the future, so the second poll
         // is pending unless the clock jumped; a third is never needed.
         for _ in 0..3 {
@@ -205,6 +233,15 @@ impl<IO> Guarded<IO> {
             let (deadline, on_pass) = self.deadline(now);
             if deadline <= now {
                 if let Some(expired) = on_pass {
+                    // A client that stopped reading would never see a
+                    // GOAWAY: that connection just ends.
+                    if self.h2 && self.write_blocked.is_none() {
+                        // IO goes on: hyper writes the GOAWAY and reads
+                        // the client's answer to its PING.
+                        self.goaway_asked = true;
+                        self.state.goaway.notify_one();
+                        return None;
+                    }
                     self.expired = Some(expired);
                     return Some(expired);
                 }

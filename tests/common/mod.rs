@@ -2,6 +2,8 @@
 //! it, both on loopback, and a small HTTP client.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod raw_h2;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
