@@ -380,7 +380,7 @@ mod tests {
         let m = Metrics::new();
         assert!(!m
             .render(Live::default())
-            .contains("artifact_mirror_rate_limit_remaining_lowest{"));
+            .contains("\nartifact_mirror_rate_limit_remaining_lowest "));
         m.rate_limit_remaining(4000);
         m.rate_limit_remaining(3990);
         m.rate_limit_remaining(4500);
@@ -389,7 +389,7 @@ mod tests {
             ..Live::default()
         });
         assert!(
-            text.contains("artifact_mirror_rate_limit_remaining_lowest{} 3990\n"),
+            text.contains("artifact_mirror_rate_limit_remaining_lowest 3990\n"),
             "{text}"
         );
         assert!(text.contains("artifact_mirror_store_bytes 10\n"), "{text}");

@@ -196,10 +196,7 @@ async fn metrics_after_a_scripted_sequence_are_exact() {
     expect("artifact_mirror_fills_in_flight".into(), 0.0);
     expect("artifact_mirror_fill_waiters".into(), 0.0);
     let lowest = *remaining.iter().min().expect("rate-limit headers seen") as f64;
-    expect(
-        "artifact_mirror_rate_limit_remaining_lowest{}".into(),
-        lowest,
-    );
+    expect("artifact_mirror_rate_limit_remaining_lowest".into(), lowest);
 }
 
 /// Runs the futures concurrently, in order of results.
