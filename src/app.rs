@@ -94,8 +94,11 @@ impl App {
             Err(e) => MirrorError::from(e).into_response(),
         };
         let (parts, body) = response.into_parts();
-        self.metrics
-            .request(route_name, parts.extensions.get::<CacheOutcome>().copied());
+        self.metrics.request(
+            route_name,
+            parts.extensions.get::<CacheOutcome>().copied(),
+            started.elapsed().as_secs_f64(),
+        );
         let entry = Entry {
             method,
             route: route_name,
@@ -123,11 +126,13 @@ impl App {
             Route::Alive => Ok(health::alive()),
             Route::Ready => Ok(health::ready(&self.data_dir, &self.index).await),
             Route::Metrics => {
-                let text = self.metrics.render(self.downloads.blobs().live());
+                let format =
+                    metrics::Format::negotiate(request.headers().get(http::header::ACCEPT));
+                let text = self.metrics.render(self.downloads.blobs().live(), format);
                 let mut response = Response::new(crate::body::full(Bytes::from(text)));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+                    http::HeaderValue::from_static(format.content_type()),
                 );
                 Ok(response)
             }

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 /// What the mirror did for a request on a cacheable route; a response
@@ -116,12 +117,57 @@ pub struct Live {
     pub fill_waiters: u64,
 }
 
+/// What `/metrics` answers in. Prometheus text 0.0.4 unless the scraper
+/// asks for OpenMetrics: it is what every scraper, `promtool check metrics`
+/// and a curl-reading operator understand; Prometheus itself asks for
+/// OpenMetrics first and gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Prometheus,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when a media range of `Accept` names it with a non-zero
+    /// `q`.
+    pub fn negotiate(accept: Option<&http::HeaderValue>) -> Format {
+        let accept = accept.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let asks = accept.split(',').any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default();
+            let refused = params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if asks {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The commit the binary was built from (`build.rs`), "unknown" outside a
+/// git checkout.
+pub const COMMIT: &str = env!("ARTIFACT_MIRROR_COMMIT");
+
 /// Seconds in the window of the lowest `X-RateLimit-Remaining`.
 const WINDOW: u64 = 60;
 
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     upstream_rejected: Counter,
@@ -138,7 +184,7 @@ pub struct Metrics {
     remaining: Mutex<[(u64, u64); WINDOW as usize]>,
 }
 
-fn upstream_histogram() -> Histogram {
+fn duration_histogram() -> Histogram {
     // 1 ms to ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -154,8 +200,9 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("artifact_mirror"),
             requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
             upstream_requests: Family::default(),
-            upstream_duration: Family::new_with_constructor(upstream_histogram),
+            upstream_duration: Family::new_with_constructor(duration_histogram),
             upstream_rejected: Counter::default(),
             served_from_store: Counter::default(),
             fetched_from_upstream: Counter::default(),
@@ -173,6 +220,17 @@ impl Metrics {
             "requests",
             "Requests answered, by route and cache outcome",
             m.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from a request's head to its response head (a zip's bytes follow), by route and cache outcome",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register(
+            "build",
+            "Version and git commit of the running binary",
+            Info::new([("version", env!("CARGO_PKG_VERSION")), ("commit", COMMIT)]),
         );
         r.register(
             "upstream_requests",
@@ -249,12 +307,15 @@ impl Metrics {
         m
     }
 
-    /// One answered request; `outcome` is `None` on routes without a cache.
-    pub fn request(&self, route: &'static str, outcome: Option<CacheOutcome>) {
+    /// One answered request whose response head was ready after `seconds`;
+    /// `outcome` is `None` on routes without a cache.
+    pub fn request(&self, route: &'static str, outcome: Option<CacheOutcome>, seconds: f64) {
         let cache = outcome.map_or("none", CacheOutcome::label);
-        self.requests
-            .get_or_create(&RequestLabels { route, cache })
-            .inc();
+        let labels = RequestLabels { route, cache };
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        self.requests.get_or_create(&labels).inc();
         if outcome.is_some_and(CacheOutcome::saves_rate_limit) && route != "blob" {
             self.rate_limit_saved.inc();
         }
@@ -320,8 +381,8 @@ impl Metrics {
             .min()
     }
 
-    /// The exposition, OpenMetrics text (Prometheus reads it natively).
-    pub fn render(&self, live: Live) -> String {
+    /// The exposition in `format`.
+    pub fn render(&self, live: Live, format: Format) -> String {
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
@@ -335,7 +396,14 @@ impl Metrics {
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+        };
         out
     }
 }
@@ -345,9 +413,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
-
-/// Content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -360,12 +425,20 @@ mod tests {
     #[test]
     fn counts_by_route_and_outcome_and_saves_only_for_api_routes() {
         let m = Metrics::new();
-        m.request("list_repo_artifacts", Some(CacheOutcome::Revalidated));
-        m.request("list_repo_artifacts", Some(CacheOutcome::Revalidated));
-        m.request("list_repo_artifacts", Some(CacheOutcome::Miss));
-        m.request("blob", Some(CacheOutcome::Hit));
-        m.request("forward", None);
-        let text = m.render(Live::default());
+        m.request(
+            "list_repo_artifacts",
+            Some(CacheOutcome::Revalidated),
+            0.002,
+        );
+        m.request(
+            "list_repo_artifacts",
+            Some(CacheOutcome::Revalidated),
+            0.002,
+        );
+        m.request("list_repo_artifacts", Some(CacheOutcome::Miss), 0.2);
+        m.request("blob", Some(CacheOutcome::Hit), 0.001);
+        m.request("forward", None, 0.05);
+        let text = m.render(Live::default(), Format::OpenMetrics);
         assert_eq!(
             line(&text, "artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"revalidated\"}"),
             Some("artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"revalidated\"} 2")
@@ -373,21 +446,63 @@ mod tests {
         assert!(text.contains("route=\"forward\",cache=\"none\"} 1"));
         assert!(text.contains("artifact_mirror_rate_limit_units_saved_total 2\n"));
         assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains(
+            "artifact_mirror_request_duration_seconds_count{route=\"list_repo_artifacts\",cache=\"revalidated\"} 2\n"
+        ), "{text}");
+        assert!(text.contains(
+            "artifact_mirror_request_duration_seconds_bucket{le=\"0.256\",route=\"list_repo_artifacts\",cache=\"miss\"} 1\n"
+        ), "{text}");
+        assert!(
+            text.contains(&format!(
+                "artifact_mirror_build_info{{version=\"{}\",commit=\"{COMMIT}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_unless_openmetrics_is_asked_for() {
+        let negotiate =
+            |accept: &str| Format::negotiate(Some(&http::HeaderValue::from_str(accept).unwrap()));
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(negotiate("*/*"), Format::Prometheus);
+        assert_eq!(negotiate("text/plain;version=0.0.4"), Format::Prometheus);
+        assert_eq!(
+            negotiate("application/openmetrics-text;version=1.0.0;q=0"),
+            Format::Prometheus
+        );
+        // What Prometheus 2.x sends.
+        assert_eq!(
+            negotiate("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+            Format::OpenMetrics
+        );
+        let m = Metrics::new();
+        m.request("forward", None, 0.01);
+        let text = m.render(Live::default(), Format::Prometheus);
+        assert!(
+            text.contains("# TYPE artifact_mirror_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
     }
 
     #[test]
     fn lowest_remaining_is_absent_until_seen() {
         let m = Metrics::new();
         assert!(!m
-            .render(Live::default())
+            .render(Live::default(), Format::Prometheus)
             .contains("\nartifact_mirror_rate_limit_remaining_lowest "));
         m.rate_limit_remaining(4000);
         m.rate_limit_remaining(3990);
         m.rate_limit_remaining(4500);
-        let text = m.render(Live {
-            store_bytes: 10,
-            ..Live::default()
-        });
+        let text = m.render(
+            Live {
+                store_bytes: 10,
+                ..Live::default()
+            },
+            Format::Prometheus,
+        );
         assert!(
             text.contains("artifact_mirror_rate_limit_remaining_lowest 3990\n"),
             "{text}"
