@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod blobs;
 pub mod body;
+pub mod cli_docs;
 pub mod clock;
 pub mod config;
 pub mod credential;
