@@ -23,4 +23,5 @@ pub mod router;
 pub mod server;
 pub mod sidecar;
 pub mod signing;
+pub mod status;
 pub mod upstream;

@@ -5,6 +5,8 @@
 //! each must report exactly its own traffic. No label carries token-derived
 //! data: routes, cache outcomes, status classes and reasons only.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +48,16 @@ impl CacheOutcome {
             CacheOutcome::Bypass => "bypass",
             CacheOutcome::Stale => "stale",
             CacheOutcome::Filling => "filling",
+        }
+    }
+
+    /// Whether the answer came from the cache, for the hit ratio; `None`
+    /// when the outcome is not one of the ratio's (`filling`).
+    fn answered_by_cache(self) -> Option<bool> {
+        match self {
+            CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Coalesced => Some(true),
+            CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Stale => Some(false),
+            CacheOutcome::Filling => None,
         }
     }
 
@@ -161,6 +173,22 @@ impl Format {
 /// git checkout.
 pub const COMMIT: &str = env!("ARTIFACT_MIRROR_COMMIT");
 
+/// Running totals since the start, for the status page's figures and its
+/// last-hour chart (the deltas between samples).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Answers with a cache outcome: hit, revalidated, miss, coalesced,
+    /// bypass, stale (`cache stats`' denominator).
+    pub cache_answers: u64,
+    /// Of those, hit, revalidated and coalesced.
+    pub from_cache: u64,
+    pub served_bytes: u64,
+    pub fetched_bytes: u64,
+}
+
+/// Samples kept: one a minute for an hour, and the one before it.
+const HISTORY: usize = 61;
+
 /// Seconds in the window of the lowest `X-RateLimit-Remaining`.
 const WINDOW: u64 = 60;
 
@@ -182,6 +210,10 @@ pub struct Metrics {
     rate_limit_lowest: Family<NoLabels, Gauge>,
     /// Lowest remaining per second of the last minute: `(second, lowest)`.
     remaining: Mutex<[(u64, u64); WINDOW as usize]>,
+    cache_answers: AtomicU64,
+    from_cache: AtomicU64,
+    /// `(unix second, totals)`, oldest first, one a minute.
+    history: Mutex<VecDeque<(u64, Totals)>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -214,6 +246,10 @@ impl Metrics {
             rate_limit_saved: Counter::default(),
             rate_limit_lowest: Family::default(),
             remaining: Mutex::new([(0, 0); WINDOW as usize]),
+            cache_answers: AtomicU64::new(0),
+            from_cache: AtomicU64::new(0),
+            // The start, so the first minute's chart has a baseline.
+            history: Mutex::new(VecDeque::from([(now_secs(), Totals::default())])),
         };
         let r = &mut m.registry;
         r.register(
@@ -316,6 +352,12 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(seconds);
         self.requests.get_or_create(&labels).inc();
+        if let Some(from_cache) = outcome.and_then(CacheOutcome::answered_by_cache) {
+            self.cache_answers.fetch_add(1, Ordering::Relaxed);
+            if from_cache {
+                self.from_cache.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if outcome.is_some_and(CacheOutcome::saves_rate_limit) && route != "blob" {
             self.rate_limit_saved.inc();
         }
@@ -371,7 +413,34 @@ impl Metrics {
         }
     }
 
-    fn lowest_remaining(&self) -> Option<u64> {
+    /// The totals now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            cache_answers: self.cache_answers.load(Ordering::Relaxed),
+            from_cache: self.from_cache.load(Ordering::Relaxed),
+            served_bytes: self.served_from_store.get(),
+            fetched_bytes: self.fetched_from_upstream.get(),
+        }
+    }
+
+    /// Adds a sample of the totals to the last hour's history; called once
+    /// a minute.
+    pub fn sample(&self) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back((now_secs(), self.totals()));
+    }
+
+    /// The samples, oldest first.
+    pub fn history(&self) -> Vec<(u64, Totals)> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.iter().copied().collect()
+    }
+
+    /// Lowest `X-RateLimit-Remaining` of the last minute.
+    pub fn lowest_remaining(&self) -> Option<u64> {
         let now = now_secs();
         let window = self.remaining.lock().unwrap_or_else(|p| p.into_inner());
         window

@@ -9,34 +9,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use common::{get, Harness, TIMEOUT};
 
-/// Runs `program` with `args` and `stdin`, bounded by the test timeout;
-/// answers (success, stdout + stderr). A missing program panics: these
-/// tests run only where `.ci/run` installed it.
+/// (success, stdout + stderr) of a tool given `stdin`.
 fn run_tool(program: &str, args: &[&str], stdin: &[u8]) -> (bool, String) {
-    let out = tempfile::tempdir().expect("temp dir");
-    let file = |name: &str| std::fs::File::create(out.path().join(name)).expect("output file");
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(file("out"))
-        .stderr(file("err"))
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): install it (.ci/run does: apt-get install prometheus chromium systemd)")
-        });
-    // Small inputs: the pipe takes them whole before the tool reads.
-    let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(stdin).expect("stdin written");
-    drop(pipe);
-    let status = common::wait_bounded(&mut child, TIMEOUT)
-        .unwrap_or_else(|| panic!("{program} did not finish within {TIMEOUT:?}"));
-    let read = |name: &str| std::fs::read_to_string(out.path().join(name)).unwrap_or_default();
-    (status.success(), read("out") + &read("err"))
+    let (ok, out, err) = common::run_tool(program, args, stdin, TIMEOUT);
+    (ok, out + &err)
 }
 
 #[tokio::test]
