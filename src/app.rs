@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
 use crate::blobs::Swept;
 use crate::body::{Body, BoxError};
-use crate::config::Settings;
+use crate::config::{Settings, StatusPage};
 use crate::download::Downloads;
 use crate::error::MirrorError;
 use crate::health;
@@ -20,7 +20,8 @@ use crate::index::Index;
 use crate::meta::JsonCache;
 use crate::metrics::{self, CacheOutcome, Eviction, Metrics};
 use crate::rewrite::{PublicBase, Rewriter};
-use crate::router::{self, ArtifactRoute, Route};
+use crate::router::{self, ArtifactRoute, Route, RouteError};
+use crate::status;
 use crate::upstream::{ClientInfo, Upstream};
 
 /// Everything a request handler may need, shared by all connections.
@@ -34,6 +35,8 @@ pub struct App {
     public: PublicBase,
     upstream_base: String,
     metrics: Arc<Metrics>,
+    status_page: StatusPage,
+    blob_quota: u64,
 }
 
 impl App {
@@ -55,7 +58,13 @@ impl App {
             public: PublicBase::from_settings(settings),
             upstream_base: settings.upstream.as_str().trim_end_matches('/').to_owned(),
             metrics,
+            status_page: settings.status_page,
+            blob_quota: settings.blob_quota_bytes,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn index(&self) -> &Index {
@@ -94,8 +103,11 @@ impl App {
             Err(e) => MirrorError::from(e).into_response(),
         };
         let (parts, body) = response.into_parts();
-        self.metrics
-            .request(route_name, parts.extensions.get::<CacheOutcome>().copied());
+        self.metrics.request(
+            route_name,
+            parts.extensions.get::<CacheOutcome>().copied(),
+            started.elapsed().as_secs_f64(),
+        );
         let entry = Entry {
             method,
             route: route_name,
@@ -123,13 +135,32 @@ impl App {
             Route::Alive => Ok(health::alive()),
             Route::Ready => Ok(health::ready(&self.data_dir, &self.index).await),
             Route::Metrics => {
-                let text = self.metrics.render(self.downloads.blobs().live());
+                let format =
+                    metrics::Format::negotiate(request.headers().get(http::header::ACCEPT));
+                let text = self.metrics.render(self.downloads.blobs().live(), format);
                 let mut response = Response::new(crate::body::full(Bytes::from(text)));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+                    http::HeaderValue::from_static(format.content_type()),
                 );
                 Ok(response)
+            }
+            Route::Status => {
+                if self.status_page == StatusPage::Off {
+                    return Err(RouteError::NotFound.into());
+                }
+                let blobs = self.downloads.blobs();
+                let (running, recent) = blobs.fill_views();
+                Ok(status::response(&status::Figures {
+                    mode: self.status_page,
+                    live: blobs.live(),
+                    quota: self.blob_quota,
+                    totals: self.metrics.totals(),
+                    history: self.metrics.history(),
+                    lowest_remaining: self.metrics.lowest_remaining(),
+                    running,
+                    recent,
+                }))
             }
             Route::Artifact(
                 ref route @ (ArtifactRoute::ListForRepo { .. }

@@ -8,7 +8,7 @@
 //! gives one) checks out is fsynced, renamed into `blobs/` and recorded:
 //! a crash leaves no blob or a whole one, and startup clears the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header;
@@ -190,7 +190,39 @@ pub struct FillState {
     pub outcome: Option<Result<BlobRecord, Arc<FillError>>>,
 }
 
+/// A fill as the status page shows it: under way, or one of the last ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillView {
+    pub artifact: u64,
+    pub name: Option<String>,
+    /// As [`Facts::repo`] keys it (`n:owner/name` or `i:id`).
+    pub repo: Option<String>,
+    pub written: u64,
+    pub total: Option<u64>,
+    /// Unix seconds.
+    pub started: u64,
+    /// How long it ran (so far, while under way).
+    pub elapsed: Duration,
+    /// `None` while under way.
+    pub outcome: Option<FillOutcome>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    Stored,
+    /// Over `max_blob_bytes`: streamed to its clients, not kept.
+    NotKept,
+    Failed,
+}
+
+/// Ended fills the status page lists.
+const RECENT_FILLS: usize = 10;
+
 pub struct Fill {
+    artifact: u64,
+    repo: Option<String>,
+    started: Instant,
+    started_unix: u64,
     tmp: PathBuf,
     /// `blobs/sha256`, where the finished file lands.
     stored_dir: PathBuf,
@@ -205,6 +237,19 @@ pub struct Fill {
 impl Fill {
     pub fn state(&self) -> watch::Receiver<FillState> {
         self.state.clone()
+    }
+
+    fn view(&self, state: &FillState, outcome: Option<FillOutcome>) -> FillView {
+        FillView {
+            artifact: self.artifact,
+            name: state.name.clone(),
+            repo: self.repo.clone(),
+            written: state.written,
+            total: state.total,
+            started: self.started_unix,
+            elapsed: self.started.elapsed(),
+            outcome,
+        }
     }
 }
 
@@ -265,6 +310,8 @@ pub struct BlobStore {
     stored_bytes: AtomicU64,
     stored_blobs: AtomicU64,
     fills: Mutex<HashMap<u64, Arc<Fill>>>,
+    /// The last [`RECENT_FILLS`] ended fills, newest last.
+    recent: Mutex<VecDeque<FillView>>,
     metrics: Arc<Metrics>,
 }
 
@@ -295,6 +342,7 @@ impl BlobStore {
             stored_bytes: AtomicU64::new(0),
             stored_blobs: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
             metrics,
         };
         // Files a record or a sidecar names are kept (missing records are
@@ -332,6 +380,22 @@ impl BlobStore {
                 .map(|f| f.readers.load(Ordering::Relaxed))
                 .sum(),
         }
+    }
+
+    /// Fills under way (oldest first) and the last ended ones (newest
+    /// first), for the status page.
+    pub fn fill_views(&self) -> (Vec<FillView>, Vec<FillView>) {
+        let mut running: Vec<FillView> = self
+            .lock()
+            .values()
+            .filter_map(|f| {
+                let state = f.state.borrow();
+                state.outcome.is_none().then(|| f.view(&state, None))
+            })
+            .collect();
+        running.sort_by_key(|f| (f.started, f.artifact));
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        (running, recent.iter().rev().cloned().collect())
     }
 
     /// Every readable blob record.
@@ -523,6 +587,10 @@ impl BlobStore {
             ..FillState::default()
         });
         let fill = Arc::new(Fill {
+            artifact,
+            repo: facts.repo.clone(),
+            started: Instant::now(),
+            started_unix: now_secs(),
             tmp: tmp.clone(),
             stored_dir: self.dir.join("blobs").join("sha256"),
             state: rx,
@@ -553,6 +621,12 @@ impl BlobStore {
             }
             .map_err(Arc::new);
             let transient = detached.transient.load(Ordering::Relaxed);
+            let ended = match &outcome {
+                Ok(_) if transient => FillOutcome::NotKept,
+                Ok(_) => FillOutcome::Stored,
+                Err(_) => FillOutcome::Failed,
+            };
+            let view = detached.view(&tx.borrow(), Some(ended));
             drop(detached);
             // JSON that showed the artifact expired while it filled found
             // no blob to drop yet: the one just kept must not outlive it.
@@ -562,6 +636,13 @@ impl BlobStore {
             if let Err(e) = &outcome {
                 tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
                 let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            {
+                let mut recent = store.recent.lock().unwrap_or_else(|p| p.into_inner());
+                if recent.len() == RECENT_FILLS {
+                    recent.pop_front();
+                }
+                recent.push_back(view);
             }
             tx.send_modify(|s| s.outcome = Some(outcome));
             if transient {

@@ -144,6 +144,9 @@ pub struct Layer {
     /// Memory the embedded index may use for its page cache [default: 67108864].
     #[arg(long, env = "ARTIFACT_MIRROR_INDEX_CACHE_BYTES", value_name = "BYTES")]
     pub index_cache_bytes: Option<u64>,
+    /// `GET /_mirror/status`: `off` (404), `summary` (figures only) or `detail` (with artifact and repository names) [default: summary].
+    #[arg(long, env = "ARTIFACT_MIRROR_STATUS_PAGE", value_name = "MODE")]
+    pub status_page: Option<StatusPage>,
     /// Log line format [default: human].
     #[arg(long, env = "ARTIFACT_MIRROR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -196,6 +199,7 @@ impl Layer {
             blob_quota_bytes: self.blob_quota_bytes.or(lower.blob_quota_bytes),
             blob_url_ttl: self.blob_url_ttl.or(lower.blob_url_ttl),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
+            status_page: self.status_page.or(lower.status_page),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
         }
@@ -236,6 +240,7 @@ pub struct Settings {
     pub blob_quota_bytes: u64,
     pub blob_url_ttl: Span,
     pub index_cache_bytes: u64,
+    pub status_page: StatusPage,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -293,6 +298,7 @@ impl Settings {
             blob_quota_bytes: layer.blob_quota_bytes.unwrap_or(20 * 1024 * 1024 * 1024),
             blob_url_ttl: layer.blob_url_ttl.unwrap_or(Span(Duration::from_secs(60))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
+            status_page: layer.status_page.unwrap_or(StatusPage::Summary),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
             log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
         };
@@ -452,6 +458,19 @@ pub enum Revalidate {
     /// Fresh entries (upstream max-age, capped by `max_fresh`) are answered
     /// without asking upstream: lower latency, up to a minute behind.
     WhenStale,
+}
+
+/// What `GET /_mirror/status` shows. Artifact and repository names can be
+/// private, and the page asks for no credential, so names are opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusPage {
+    /// 404, as if there were no page.
+    Off,
+    /// Aggregate figures only: never an artifact or repository name.
+    Summary,
+    /// The figures, plus the names of fills in flight and recent fills.
+    Detail,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -1,14 +1,23 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use artifact_mirror::admin::{self, CacheCommand, ServerFile};
 use artifact_mirror::config::{ConfigArgs, Settings};
 use artifact_mirror::server::Server;
 
+/// `--version`: the crate version and the git commit it was built from
+/// (build.rs), so a report names the exact code.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ARTIFACT_MIRROR_COMMIT"),
+    ")"
+);
+
 /// Caching reverse proxy for the GitHub Enterprise Server Actions artifacts API.
 #[derive(Parser)]
-#[command(name = "artifact-mirror", version)]
+#[command(name = "artifact-mirror", version = VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Print a shell completion script to stdout, e.g.
+    /// `artifact-mirror completions bash > /etc/bash_completion.d/artifact-mirror`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to stdout, e.g.
+    /// `artifact-mirror manpage > /usr/local/share/man/man1/artifact-mirror.1`.
+    Manpage,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +57,17 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Completions { shell } => write_stdout(&artifact_mirror::cli_docs::completions(
+            shell,
+            Cli::command(),
+        )),
+        Command::Manpage => match artifact_mirror::cli_docs::manpage(Cli::command()) {
+            Ok(out) => write_stdout(&out),
+            Err(e) => {
+                eprintln!("artifact-mirror: cannot render the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cache { command } => {
             init_admin_log();
             admin::run(command)
@@ -118,6 +144,19 @@ async fn serve(settings: Settings) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Writes generated text to stdout; a closed pipe is an error, not a panic.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("artifact-mirror: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Warnings of the store (a file that could not be removed…) reach the

@@ -5,6 +5,8 @@
 //! each must report exactly its own traffic. No label carries token-derived
 //! data: routes, cache outcomes, status classes and reasons only.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 /// What the mirror did for a request on a cacheable route; a response
@@ -45,6 +48,16 @@ impl CacheOutcome {
             CacheOutcome::Bypass => "bypass",
             CacheOutcome::Stale => "stale",
             CacheOutcome::Filling => "filling",
+        }
+    }
+
+    /// Whether the answer came from the cache, for the hit ratio; `None`
+    /// when the outcome is not one of the ratio's (`filling`).
+    fn answered_by_cache(self) -> Option<bool> {
+        match self {
+            CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Coalesced => Some(true),
+            CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Stale => Some(false),
+            CacheOutcome::Filling => None,
         }
     }
 
@@ -116,12 +129,73 @@ pub struct Live {
     pub fill_waiters: u64,
 }
 
+/// What `/metrics` answers in. Prometheus text 0.0.4 unless the scraper
+/// asks for OpenMetrics: it is what every scraper, `promtool check metrics`
+/// and a curl-reading operator understand; Prometheus itself asks for
+/// OpenMetrics first and gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Prometheus,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when a media range of `Accept` names it with a non-zero
+    /// `q`.
+    pub fn negotiate(accept: Option<&http::HeaderValue>) -> Format {
+        let accept = accept.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let asks = accept.split(',').any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default();
+            let refused = params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if asks {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The commit the binary was built from (`build.rs`), "unknown" outside a
+/// git checkout.
+pub const COMMIT: &str = env!("ARTIFACT_MIRROR_COMMIT");
+
+/// Running totals since the start, for the status page's figures and its
+/// last-hour chart (the deltas between samples).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Answers with a cache outcome: hit, revalidated, miss, coalesced,
+    /// bypass, stale (`cache stats`' denominator).
+    pub cache_answers: u64,
+    /// Of those, hit, revalidated and coalesced.
+    pub from_cache: u64,
+    pub served_bytes: u64,
+    pub fetched_bytes: u64,
+}
+
+/// Samples kept: one a minute for an hour, and the one before it.
+const HISTORY: usize = 61;
+
 /// Seconds in the window of the lowest `X-RateLimit-Remaining`.
 const WINDOW: u64 = 60;
 
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     upstream_rejected: Counter,
@@ -136,9 +210,13 @@ pub struct Metrics {
     rate_limit_lowest: Family<NoLabels, Gauge>,
     /// Lowest remaining per second of the last minute: `(second, lowest)`.
     remaining: Mutex<[(u64, u64); WINDOW as usize]>,
+    cache_answers: AtomicU64,
+    from_cache: AtomicU64,
+    /// `(unix second, totals)`, oldest first, one a minute.
+    history: Mutex<VecDeque<(u64, Totals)>>,
 }
 
-fn upstream_histogram() -> Histogram {
+fn duration_histogram() -> Histogram {
     // 1 ms to ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -154,8 +232,9 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("artifact_mirror"),
             requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
             upstream_requests: Family::default(),
-            upstream_duration: Family::new_with_constructor(upstream_histogram),
+            upstream_duration: Family::new_with_constructor(duration_histogram),
             upstream_rejected: Counter::default(),
             served_from_store: Counter::default(),
             fetched_from_upstream: Counter::default(),
@@ -167,12 +246,27 @@ impl Metrics {
             rate_limit_saved: Counter::default(),
             rate_limit_lowest: Family::default(),
             remaining: Mutex::new([(0, 0); WINDOW as usize]),
+            cache_answers: AtomicU64::new(0),
+            from_cache: AtomicU64::new(0),
+            // The start, so the first minute's chart has a baseline.
+            history: Mutex::new(VecDeque::from([(now_secs(), Totals::default())])),
         };
         let r = &mut m.registry;
         r.register(
             "requests",
             "Requests answered, by route and cache outcome",
             m.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from a request's head to its response head (a zip's bytes follow), by route and cache outcome",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register(
+            "build",
+            "Version and git commit of the running binary",
+            Info::new([("version", env!("CARGO_PKG_VERSION")), ("commit", COMMIT)]),
         );
         r.register(
             "upstream_requests",
@@ -249,12 +343,21 @@ impl Metrics {
         m
     }
 
-    /// One answered request; `outcome` is `None` on routes without a cache.
-    pub fn request(&self, route: &'static str, outcome: Option<CacheOutcome>) {
+    /// One answered request whose response head was ready after `seconds`;
+    /// `outcome` is `None` on routes without a cache.
+    pub fn request(&self, route: &'static str, outcome: Option<CacheOutcome>, seconds: f64) {
         let cache = outcome.map_or("none", CacheOutcome::label);
-        self.requests
-            .get_or_create(&RequestLabels { route, cache })
-            .inc();
+        let labels = RequestLabels { route, cache };
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        self.requests.get_or_create(&labels).inc();
+        if let Some(from_cache) = outcome.and_then(CacheOutcome::answered_by_cache) {
+            self.cache_answers.fetch_add(1, Ordering::Relaxed);
+            if from_cache {
+                self.from_cache.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if outcome.is_some_and(CacheOutcome::saves_rate_limit) && route != "blob" {
             self.rate_limit_saved.inc();
         }
@@ -310,7 +413,34 @@ impl Metrics {
         }
     }
 
-    fn lowest_remaining(&self) -> Option<u64> {
+    /// The totals now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            cache_answers: self.cache_answers.load(Ordering::Relaxed),
+            from_cache: self.from_cache.load(Ordering::Relaxed),
+            served_bytes: self.served_from_store.get(),
+            fetched_bytes: self.fetched_from_upstream.get(),
+        }
+    }
+
+    /// Adds a sample of the totals to the last hour's history; called once
+    /// a minute.
+    pub fn sample(&self) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back((now_secs(), self.totals()));
+    }
+
+    /// The samples, oldest first.
+    pub fn history(&self) -> Vec<(u64, Totals)> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.iter().copied().collect()
+    }
+
+    /// Lowest `X-RateLimit-Remaining` of the last minute.
+    pub fn lowest_remaining(&self) -> Option<u64> {
         let now = now_secs();
         let window = self.remaining.lock().unwrap_or_else(|p| p.into_inner());
         window
@@ -320,8 +450,8 @@ impl Metrics {
             .min()
     }
 
-    /// The exposition, OpenMetrics text (Prometheus reads it natively).
-    pub fn render(&self, live: Live) -> String {
+    /// The exposition in `format`.
+    pub fn render(&self, live: Live, format: Format) -> String {
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
@@ -335,7 +465,14 @@ impl Metrics {
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+        };
         out
     }
 }
@@ -345,9 +482,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
-
-/// Content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -360,12 +494,20 @@ mod tests {
     #[test]
     fn counts_by_route_and_outcome_and_saves_only_for_api_routes() {
         let m = Metrics::new();
-        m.request("list_repo_artifacts", Some(CacheOutcome::Revalidated));
-        m.request("list_repo_artifacts", Some(CacheOutcome::Revalidated));
-        m.request("list_repo_artifacts", Some(CacheOutcome::Miss));
-        m.request("blob", Some(CacheOutcome::Hit));
-        m.request("forward", None);
-        let text = m.render(Live::default());
+        m.request(
+            "list_repo_artifacts",
+            Some(CacheOutcome::Revalidated),
+            0.002,
+        );
+        m.request(
+            "list_repo_artifacts",
+            Some(CacheOutcome::Revalidated),
+            0.002,
+        );
+        m.request("list_repo_artifacts", Some(CacheOutcome::Miss), 0.2);
+        m.request("blob", Some(CacheOutcome::Hit), 0.001);
+        m.request("forward", None, 0.05);
+        let text = m.render(Live::default(), Format::OpenMetrics);
         assert_eq!(
             line(&text, "artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"revalidated\"}"),
             Some("artifact_mirror_requests_total{route=\"list_repo_artifacts\",cache=\"revalidated\"} 2")
@@ -373,23 +515,65 @@ mod tests {
         assert!(text.contains("route=\"forward\",cache=\"none\"} 1"));
         assert!(text.contains("artifact_mirror_rate_limit_units_saved_total 2\n"));
         assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains(
+            "artifact_mirror_request_duration_seconds_count{route=\"list_repo_artifacts\",cache=\"revalidated\"} 2\n"
+        ), "{text}");
+        assert!(text.contains(
+            "artifact_mirror_request_duration_seconds_bucket{le=\"0.256\",route=\"list_repo_artifacts\",cache=\"miss\"} 1\n"
+        ), "{text}");
+        assert!(
+            text.contains(&format!(
+                "artifact_mirror_build_info{{version=\"{}\",commit=\"{COMMIT}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_unless_openmetrics_is_asked_for() {
+        let negotiate =
+            |accept: &str| Format::negotiate(Some(&http::HeaderValue::from_str(accept).unwrap()));
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(negotiate("*/*"), Format::Prometheus);
+        assert_eq!(negotiate("text/plain;version=0.0.4"), Format::Prometheus);
+        assert_eq!(
+            negotiate("application/openmetrics-text;version=1.0.0;q=0"),
+            Format::Prometheus
+        );
+        // What Prometheus 2.x sends.
+        assert_eq!(
+            negotiate("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+            Format::OpenMetrics
+        );
+        let m = Metrics::new();
+        m.request("forward", None, 0.01);
+        let text = m.render(Live::default(), Format::Prometheus);
+        assert!(
+            text.contains("# TYPE artifact_mirror_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
     }
 
     #[test]
     fn lowest_remaining_is_absent_until_seen() {
         let m = Metrics::new();
         assert!(!m
-            .render(Live::default())
-            .contains("artifact_mirror_rate_limit_remaining_lowest{"));
+            .render(Live::default(), Format::Prometheus)
+            .contains("\nartifact_mirror_rate_limit_remaining_lowest "));
         m.rate_limit_remaining(4000);
         m.rate_limit_remaining(3990);
         m.rate_limit_remaining(4500);
-        let text = m.render(Live {
-            store_bytes: 10,
-            ..Live::default()
-        });
+        let text = m.render(
+            Live {
+                store_bytes: 10,
+                ..Live::default()
+            },
+            Format::Prometheus,
+        );
         assert!(
-            text.contains("artifact_mirror_rate_limit_remaining_lowest{} 3990\n"),
+            text.contains("artifact_mirror_rate_limit_remaining_lowest 3990\n"),
             "{text}"
         );
         assert!(text.contains("artifact_mirror_store_bytes 10\n"), "{text}");

@@ -20,6 +20,8 @@ pub enum Route {
     Metrics,
     /// `GET|HEAD /_mirror/blobs/{id}`: a stored zip, by signed URL.
     Blob { artifact_id: u64 },
+    /// `GET /_mirror/status`: the operator's HTML page.
+    Status,
     /// One of the five Actions artifacts operations.
     Artifact(ArtifactRoute),
     /// Any other request under the API base path: forwarded as is.
@@ -34,6 +36,7 @@ impl Route {
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
             Route::Blob { .. } => "blob",
+            Route::Status => "status",
             Route::Artifact(a) => a.name(),
             Route::Forward => "forward",
         }
@@ -102,12 +105,15 @@ const ECHO_MAX: usize = 100;
 /// trailing `/` (`/api/v3`, or empty when the API is mounted at the root).
 pub fn route(method: &Method, path: &str, api_base: &str) -> Result<Route, RouteError> {
     match path {
-        "/healthz" | "/readyz" | "/metrics" if !matches!(*method, Method::GET | Method::HEAD) => {
+        "/healthz" | "/readyz" | "/metrics" | "/_mirror/status"
+            if !matches!(*method, Method::GET | Method::HEAD) =>
+        {
             return Err(RouteError::MethodNotAllowed)
         }
         "/healthz" => return Ok(Route::Alive),
         "/readyz" => return Ok(Route::Ready),
         "/metrics" => return Ok(Route::Metrics),
+        "/_mirror/status" => return Ok(Route::Status),
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/_mirror/blobs/") {
@@ -368,6 +374,11 @@ mod tests {
             Err(RouteError::MethodNotAllowed)
         );
         assert_eq!(get("/readyz"), Ok(Route::Ready));
+        assert_eq!(get("/_mirror/status"), Ok(Route::Status));
+        assert_eq!(
+            route(&Method::POST, "/_mirror/status", BASE),
+            Err(RouteError::MethodNotAllowed)
+        );
         assert_eq!(
             route(&Method::POST, "/healthz", BASE),
             Err(RouteError::MethodNotAllowed)

@@ -262,6 +262,9 @@ impl Server {
         let (stop, _) = watch::channel(());
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let housekeeping = tokio::spawn(housekeeping(Arc::downgrade(&self.app)));
+        let sampler = tokio::spawn(crate::status::sample_every_minute(Arc::downgrade(
+            &self.app,
+        )));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -348,6 +351,7 @@ impl Server {
         }
         drop(self.listener);
         housekeeping.abort();
+        sampler.abort();
         tracing::info!(grace = ?self.grace, "shutting down: no new connections");
         let deadline = tokio::time::Instant::now() + self.grace;
         let _ = stop.send(());

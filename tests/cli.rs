@@ -383,3 +383,97 @@ fn quick_start_demo_serves_through_the_mirror() {
         answers[0]
     );
 }
+
+/// The commit `git` names for this checkout, as build.rs sees it.
+fn checkout_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[test]
+fn version_names_the_git_commit() {
+    let (_, out, err) = run(common::mirror_command().arg("--version"));
+    assert_eq!(
+        out.trim(),
+        format!(
+            "artifact-mirror {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            checkout_commit()
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let script = |shell: &str| {
+        let (code, out, err) = run(common::mirror_command().args(["completions", shell]));
+        assert_eq!(code, 0, "completions {shell}: {err}");
+        for word in ["check-config", "cache", "purge", "blob-quota-bytes"] {
+            assert!(out.contains(word), "completions {shell} lack {word}");
+        }
+        out
+    };
+    // bash loads it and completes a subcommand and its options: what
+    // `artifact-mirror cache g<TAB>` and `… cache gc --blob-q<TAB>` offer.
+    let dir = tempfile::tempdir().unwrap();
+    let bash = dir.path().join("artifact-mirror.bash");
+    std::fs::write(&bash, script("bash")).unwrap();
+    // $1: the script; the rest: the words typed, the last one unfinished.
+    const COMPLETE: &str = r#"source "$1" || exit 9
+        shift
+        COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 ))
+        f=$(complete -p artifact-mirror | awk '{for (i = 1; i < NF; i++) if ($i == "-F") print $(i + 1)}')
+        "$f" artifact-mirror "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+        echo "${COMPREPLY[*]}""#;
+    let complete = |words: &[&str]| {
+        let (code, out, err) = run(Command::new("bash")
+            .args(["-c", COMPLETE, "complete"])
+            .arg(&bash)
+            .args(words));
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+    assert_eq!(complete(&["artifact-mirror", "check-c"]), "check-config");
+    assert_eq!(complete(&["artifact-mirror", "cache", "g"]), "gc");
+    assert_eq!(
+        complete(&["artifact-mirror", "cache", "gc", "--blob-q"]),
+        "--blob-quota-bytes"
+    );
+    assert!(script("zsh").starts_with("#compdef artifact-mirror"));
+    assert!(script("fish").contains("complete -c artifact-mirror"));
+    let (code, _, err) = run(common::mirror_command().args(["completions", "tcsh"]));
+    assert_eq!(code, 2, "an unknown shell is bad input: {err}");
+}
+
+#[test]
+fn manpage_is_one_roff_page_with_every_subcommand() {
+    let (code, out, err) = run(common::mirror_command().arg("manpage"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH artifact-mirror 1 "), "{out}");
+    for sub in [
+        "serve",
+        "check-config",
+        "cache",
+        "cache stats",
+        "cache purge",
+        "cache verify",
+        "cache gc",
+        "completions",
+        "manpage",
+    ] {
+        assert!(
+            out.contains(&format!(".SS \"artifact-mirror {sub}\"\n")),
+            "no section for {sub}"
+        );
+    }
+    // Options of subcommands are in it, roff-escaped.
+    assert!(out.contains(r"\-\-blob\-quota\-bytes"));
+}

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::{get, Harness};
+use common::{get, get_with, Harness};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
@@ -91,19 +91,26 @@ async fn metrics_table_lists_exactly_what_the_mirror_exports() {
         None,
     )
     .await;
-    let text = get(&format!("http://{}/metrics", h.mirror), None).await;
+    // OpenMetrics names each family's type (`info` too, which Prometheus
+    // text calls a gauge).
+    let text = get_with(
+        &format!("http://{}/metrics", h.mirror),
+        None,
+        &[("accept", "application/openmetrics-text")],
+    )
+    .await;
     let text = String::from_utf8(text.body.to_vec()).expect("UTF-8");
     // Families as exported: `# TYPE name type`; counters are sampled with
-    // `_total`, which is how the README names them.
+    // `_total` and infos with `_info`, which is how the README names them.
     let exported: BTreeMap<String, String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_once(' '))
         .map(|(name, kind)| {
-            let name = if kind == "counter" {
-                format!("{name}_total")
-            } else {
-                name.to_owned()
+            let name = match kind {
+                "counter" => format!("{name}_total"),
+                "info" => format!("{name}_info"),
+                _ => name.to_owned(),
             };
             (name, kind.to_owned())
         })

@@ -61,9 +61,11 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 async fn metrics(h: &Harness) -> BTreeMap<String, f64> {
     let r = get(&format!("http://{}/metrics", h.mirror), None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r
-        .header("content-type")
-        .is_some_and(|v| v.starts_with("application/openmetrics-text")));
+    // Prometheus text 0.0.4 unless OpenMetrics is asked for.
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let text = String::from_utf8(r.body.to_vec()).expect("UTF-8 exposition");
     for token in [READER_TOKEN, ADMIN_TOKEN] {
         assert!(!text.contains(token), "a token in the metrics");
@@ -196,10 +198,36 @@ async fn metrics_after_a_scripted_sequence_are_exact() {
     expect("artifact_mirror_fills_in_flight".into(), 0.0);
     expect("artifact_mirror_fill_waiters".into(), 0.0);
     let lowest = *remaining.iter().min().expect("rate-limit headers seen") as f64;
+    expect("artifact_mirror_rate_limit_remaining_lowest".into(), lowest);
+    // Every answer is timed; the 4 coalesced ones waited for the 400 ms
+    // upstream, so none is in a bucket under that.
+    let duration = |suffix: &str, le: &str, route: &str, cache: &str| {
+        format!("artifact_mirror_request_duration_seconds_{suffix}{{route=\"{route}\",cache=\"{cache}\"{le}}}")
+    };
     expect(
-        "artifact_mirror_rate_limit_remaining_lowest{}".into(),
-        lowest,
+        duration("count", "", "list_run_artifacts", "coalesced"),
+        4.0,
     );
+    expect(
+        duration("bucket", ",le=\"0.256\"", "list_run_artifacts", "coalesced"),
+        0.0,
+    );
+    expect(
+        duration("count", "", "list_repo_artifacts", "revalidated"),
+        3.0,
+    );
+
+    let r = common::get_with(
+        &format!("http://{}/metrics", h.mirror),
+        None,
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(r.body.ends_with(b"# EOF\n"));
 }
 
 /// Runs the futures concurrently, in order of results.

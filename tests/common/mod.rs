@@ -365,3 +365,34 @@ pub fn not_private(root: &std::path::Path) -> (Vec<(std::path::PathBuf, String)>
     }
     (wrong, seen)
 }
+
+/// Runs an external tool with `args` and `stdin`, bounded by `limit`;
+/// answers (success, stdout, stderr). A missing tool panics: tests that
+/// need one are `#[ignore]`d and run where `.ci/run` installed it.
+pub fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: &[u8],
+    limit: Duration,
+) -> (bool, String, String) {
+    use std::io::Write;
+    let out = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str| std::fs::File::create(out.path().join(name)).expect("output file");
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(file("out"))
+        .stderr(file("err"))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): install it (.ci/run does: apt-get install prometheus chromium systemd)")
+        });
+    // Small inputs: the pipe takes them whole before the tool reads.
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(stdin).expect("stdin written");
+    drop(pipe);
+    let status = wait_bounded(&mut child, limit)
+        .unwrap_or_else(|| panic!("{program} did not finish within {limit:?}"));
+    let read = |name: &str| std::fs::read_to_string(out.path().join(name)).unwrap_or_default();
+    (status.success(), read("out"), read("err"))
+}
