@@ -48,6 +48,11 @@ impl Harness {
         let sim = Sim::start(SimConfig::default())
             .await
             .expect("simulator starts");
+        Self::start_against(sim, tune).await
+    }
+
+    /// A mirror in front of `sim` (one started with its own `SimConfig`).
+    pub async fn start_against(sim: Sim, tune: impl FnOnce(&mut Layer)) -> Harness {
         let upstream = sim.api_base();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut layer = Layer {

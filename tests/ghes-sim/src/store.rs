@@ -227,6 +227,12 @@ impl Store {
         }
     }
 
+    pub fn set_expires_at(&mut self, id: u64, unix_secs: u64) {
+        if let Some(s) = self.artifacts.get_mut(&id) {
+            s.artifact.expires_at = rfc3339(unix_secs);
+        }
+    }
+
     pub fn expire(&mut self, id: u64) {
         if let Some(s) = self.artifacts.get_mut(&id) {
             let now = rfc3339(now_unix());
