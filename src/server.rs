@@ -95,8 +95,6 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the store drops expired blobs and index records nothing uses.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -122,6 +120,7 @@ pub struct Server {
     max_connections: usize,
     limits: Limits,
     grace: Duration,
+    housekeeping_every: Duration,
 }
 
 impl Server {
@@ -211,6 +210,7 @@ impl Server {
                 idle: settings.idle_timeout.0,
             },
             grace: settings.shutdown_grace.0,
+            housekeeping_every: settings.housekeeping_interval.0,
         })
     }
 
@@ -239,7 +239,10 @@ impl Server {
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(self.max_connections));
-        let housekeeping = tokio::spawn(housekeeping(Arc::downgrade(&self.app)));
+        let housekeeping = tokio::spawn(housekeeping(
+            Arc::downgrade(&self.app),
+            self.housekeeping_every,
+        ));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -357,11 +360,11 @@ impl Server {
     }
 }
 
-/// Runs the store's housekeeping every [`HOUSEKEEPING_EVERY`] on the
-/// blocking pool (it reads whole index trees). Holds the app weakly, so a
+/// Runs the store's housekeeping every `period` (`housekeeping_interval`) on
+/// the blocking pool (it reads whole index trees). Holds the app weakly, so a
 /// stopped server releases its index even while this task is winding down.
-async fn housekeeping(app: Weak<App>) {
-    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+async fn housekeeping(app: Weak<App>, period: Duration) {
+    let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate, and a start has just reconciled the store.
     every.tick().await;
