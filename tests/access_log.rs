@@ -86,6 +86,9 @@ async fn a_signed_blob_url_is_logged_without_its_query() {
     };
     let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!(entry["path"], blob_path.as_str(), "{line}");
+    // The whole zip went out: the line says so.
+    assert_eq!(entry["bytes"], blob.body.len(), "{line}");
+    assert_eq!(entry["outcome"], "complete", "{line}");
     let all = captured.lines().join("\n");
     assert!(!all.contains(query), "the signed query reached the log");
     assert!(!all.contains("sig="), "a signature reached the log");
