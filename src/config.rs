@@ -585,6 +585,17 @@ mod tests {
         }
     }
 
+    /// A zero period would panic the housekeeping timer at start.
+    #[test]
+    fn housekeeping_interval_must_be_longer_than_zero() {
+        let layer = Layer {
+            housekeeping_interval: Some(Span(Duration::ZERO)),
+            ..with_upstream("http://a")
+        };
+        let e = Settings::resolve(layer).unwrap_err().to_string();
+        assert!(e.contains("housekeeping_interval"), "{e}");
+    }
+
     #[test]
     fn header_limit_is_bounded() {
         let layer = Layer {
