@@ -157,6 +157,17 @@ impl Harness {
                 .expect("mirror stops in time")
                 .expect("mirror task");
         }
+        // Connection tasks ending with the shutdown may hold the app (and
+        // so the index's lock) a moment longer; a restart right away then
+        // failed to open the index on a loaded machine.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.running.app.strong_count() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stopped mirror still holds its app"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
