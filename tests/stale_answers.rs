@@ -28,13 +28,8 @@ async fn an_entry_older_than_stale_if_error_is_not_served() {
     let validated = Instant::now();
     assert_eq!(x_cache(&first), "MISS");
 
-    h.sim.knobs().fail_next(1, 503);
-    let young = get(&list(&h), Some(READER_TOKEN)).await;
-    if validated.elapsed() < Duration::from_millis(900) {
-        assert_eq!((young.status, x_cache(&young)), (StatusCode::OK, "STALE"));
-    }
-
-    // Now well past the limit (validated_at is no later than `validated`).
+    // Well past the limit (validated_at is no later than `validated`);
+    // within it, the tests below and json_cache's see STALE answers.
     tokio::time::sleep(Duration::from_millis(1300).saturating_sub(validated.elapsed())).await;
     h.sim.knobs().fail_next(1, 503);
     let old = get(&list(&h), Some(READER_TOKEN)).await;

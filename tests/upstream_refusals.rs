@@ -70,6 +70,28 @@ async fn a_refused_delete_drops_neither_cached_json_nor_the_blob() {
     );
 }
 
+/// Upstream's 401 or (not rate-limited) 403 drops the credential's entry
+/// as its 404 does (below).
+#[tokio::test]
+async fn a_401_or_403_drops_the_entry() {
+    for status in [401, 403] {
+        let h = Harness::start_with(|l| l.stale_if_error = Some("1m".parse().unwrap())).await;
+        let list = h.url(&format!("/repos/{PRIVATE_REPO}/actions/artifacts"));
+        assert_eq!(get(&list, Some(READER_TOKEN)).await.status, StatusCode::OK);
+        h.sim.knobs().fail_next(1, status);
+        let denied = get(&list, Some(READER_TOKEN)).await;
+        assert_eq!(denied.status.as_u16(), status);
+        assert_ne!(denied.header("x-ratelimit-remaining"), Some("0"));
+        h.sim.knobs().fail_next(1, 503);
+        let failed = get(&list, Some(READER_TOKEN)).await;
+        assert_eq!(
+            (failed.status, x_cache(&failed)),
+            (StatusCode::SERVICE_UNAVAILABLE, "BYPASS"),
+            "the entry was dropped with upstream's {status}"
+        );
+    }
+}
+
 /// Upstream's 404 to a credential that lost access drops that credential's
 /// entry: a later upstream failure must not answer its old JSON as STALE.
 #[tokio::test]
