@@ -56,6 +56,9 @@ pub struct LoggedBody {
     inner: Body,
     entry: Option<Entry>,
     bytes: u64,
+    /// The body's exact length when known: hyper stops polling (and drops
+    /// the body) once that many bytes went out, without a final `None`.
+    length: Option<u64>,
     /// Where the bytes sent are counted as served from the store.
     served: Option<Arc<Metrics>>,
 }
@@ -63,6 +66,7 @@ pub struct LoggedBody {
 impl LoggedBody {
     pub fn new(inner: Body, entry: Entry, served: Option<Arc<Metrics>>) -> Self {
         LoggedBody {
+            length: inner.size_hint().exact(),
             inner,
             entry: Some(entry),
             bytes: 0,
@@ -123,8 +127,10 @@ impl HttpBody for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        // Bodies hyper never polls (HEAD, 304) end here too.
-        let outcome = if self.inner.is_end_stream() {
+        // Bodies hyper never polls (HEAD, 304) end here too, and so do
+        // bodies of a known length once all of it was sent.
+        let whole = self.length.is_some_and(|n| self.bytes >= n);
+        let outcome = if whole || self.inner.is_end_stream() {
             "complete"
         } else {
             "client_gone"

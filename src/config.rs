@@ -141,6 +141,13 @@ pub struct Layer {
     /// How long the mirror's signed blob URLs stay valid [default: 60s].
     #[arg(long, env = "ARTIFACT_MIRROR_BLOB_URL_TTL", value_name = "DURATION")]
     pub blob_url_ttl: Option<Span>,
+    /// How often expired blobs, and index records nothing uses, are swept [default: 10m].
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_HOUSEKEEPING_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub housekeeping_interval: Option<Span>,
     /// Memory the embedded index may use for its page cache [default: 67108864].
     #[arg(long, env = "ARTIFACT_MIRROR_INDEX_CACHE_BYTES", value_name = "BYTES")]
     pub index_cache_bytes: Option<u64>,
@@ -198,6 +205,7 @@ impl Layer {
             json_max_age: self.json_max_age.or(lower.json_max_age),
             blob_quota_bytes: self.blob_quota_bytes.or(lower.blob_quota_bytes),
             blob_url_ttl: self.blob_url_ttl.or(lower.blob_url_ttl),
+            housekeeping_interval: self.housekeeping_interval.or(lower.housekeeping_interval),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
             status_page: self.status_page.or(lower.status_page),
             log_format: self.log_format.or(lower.log_format),
@@ -239,6 +247,7 @@ pub struct Settings {
     pub json_max_age: Span,
     pub blob_quota_bytes: u64,
     pub blob_url_ttl: Span,
+    pub housekeeping_interval: Span,
     pub index_cache_bytes: u64,
     pub status_page: StatusPage,
     pub log_format: LogFormat,
@@ -297,6 +306,9 @@ impl Settings {
                 .unwrap_or(Span(Duration::from_secs(7 * 24 * 3600))),
             blob_quota_bytes: layer.blob_quota_bytes.unwrap_or(20 * 1024 * 1024 * 1024),
             blob_url_ttl: layer.blob_url_ttl.unwrap_or(Span(Duration::from_secs(60))),
+            housekeeping_interval: layer
+                .housekeeping_interval
+                .unwrap_or(Span(Duration::from_secs(600))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
             status_page: layer.status_page.unwrap_or(StatusPage::Summary),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
@@ -312,6 +324,7 @@ impl Settings {
             ("upstream_timeout", self.upstream_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("housekeeping_interval", self.housekeeping_interval),
         ] {
             if span.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
@@ -589,6 +602,17 @@ mod tests {
         for key in ["upstream", "public_url", "ca_file", "tls_cert", "tls_key"] {
             assert!(text.contains(&format!("# {key} = ")), "{key} not shown");
         }
+    }
+
+    /// A zero period would panic the housekeeping timer at start.
+    #[test]
+    fn housekeeping_interval_must_be_longer_than_zero() {
+        let layer = Layer {
+            housekeeping_interval: Some(Span(Duration::ZERO)),
+            ..with_upstream("http://a")
+        };
+        let e = Settings::resolve(layer).unwrap_err().to_string();
+        assert!(e.contains("housekeeping_interval"), "{e}");
     }
 
     #[test]

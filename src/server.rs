@@ -96,8 +96,6 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the store drops expired blobs and index records nothing uses.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -123,6 +121,7 @@ pub struct Server {
     max_connections: usize,
     limits: Limits,
     grace: Duration,
+    housekeeping_every: Duration,
 }
 
 impl Server {
@@ -231,6 +230,7 @@ impl Server {
                 idle: settings.idle_timeout.0,
             },
             grace: settings.shutdown_grace.0,
+            housekeeping_every: settings.housekeeping_interval.0,
         })
     }
 
@@ -261,7 +261,10 @@ impl Server {
         // and `closed()` says they have.
         let (stop, _) = watch::channel(());
         let slots = Arc::new(Semaphore::new(self.max_connections));
-        let housekeeping = tokio::spawn(housekeeping(Arc::downgrade(&self.app)));
+        let housekeeping = tokio::spawn(housekeeping(
+            Arc::downgrade(&self.app),
+            self.housekeeping_every,
+        ));
         let sampler = tokio::spawn(crate::status::sample_every_minute(Arc::downgrade(
             &self.app,
         )));
@@ -414,11 +417,11 @@ async fn drive<C>(
     }
 }
 
-/// Runs the store's housekeeping every [`HOUSEKEEPING_EVERY`] on the
-/// blocking pool (it reads whole index trees). Holds the app weakly, so a
+/// Runs the store's housekeeping every `period` (`housekeeping_interval`) on
+/// the blocking pool (it reads whole index trees). Holds the app weakly, so a
 /// stopped server releases its index even while this task is winding down.
-async fn housekeeping(app: Weak<App>) {
-    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+async fn housekeeping(app: Weak<App>, period: Duration) {
+    let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate, and a start has just reconciled the store.
     every.tick().await;

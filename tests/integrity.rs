@@ -49,25 +49,43 @@ async fn blob_url(h: &Harness, id: u64) -> String {
     r.header("location").expect("location").to_owned()
 }
 
-/// A GET of the blob URL: `Some(body)` when it ended as complete with a
-/// success status, `None` when it failed (status or cut stream).
-async fn fetch(location: &str, range: Option<&str>) -> Option<(StatusCode, Bytes)> {
+/// A GET of the blob URL: the status and body when it ended as complete
+/// with a success status, else how it failed.
+async fn fetch(location: &str, range: Option<&str>) -> Result<(StatusCode, Bytes), Failed> {
     tokio::time::timeout(TIMEOUT, async {
         let mut req = request(Method::GET, location, None);
         if let Some(range) = range {
             req.headers_mut()
                 .insert("range", range.parse().expect("range value"));
         }
-        let response = common::client().request(req).await.ok()?;
+        let response = common::client()
+            .request(req)
+            .await
+            .map_err(|_| Failed::NoAnswer)?;
         let status = response.status();
-        if !status.is_success() {
-            return None;
+        let body = response.into_body().collect().await;
+        match body {
+            Ok(body) if status.is_success() => Ok((status, body.to_bytes())),
+            Ok(body) => Err(Failed::Refused(
+                status,
+                String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            )),
+            Err(_) => Err(Failed::Cut(status)),
         }
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        Some((status, body))
     })
     .await
     .expect("an answer within the test timeout")
+}
+
+/// How a blob answer failed to be a whole zip.
+#[derive(Debug, PartialEq)]
+enum Failed {
+    /// No response head at all.
+    NoAnswer,
+    /// An error status, with its body.
+    Refused(StatusCode, String),
+    /// This status, then a body that ended in an error (never complete).
+    Cut(StatusCode),
 }
 
 #[tokio::test]
@@ -82,10 +100,10 @@ async fn a_range_from_a_fill_that_fails_its_digest_is_never_complete() {
     h.sim.knobs().stall_blob_after(100_000, 1);
     let location = blob_url(&h, art.id).await;
     let got = fetch(&location, Some("bytes=0-999")).await;
-    assert!(
-        got.is_none(),
-        "a range of a blob that fails its digest was answered as complete: {:?}",
-        got.map(|(s, b)| (s, b.len()))
+    assert_eq!(
+        got.as_ref().map(|(s, b)| (*s, b.len())),
+        Err(&Failed::Cut(StatusCode::PARTIAL_CONTENT)),
+        "a range of a blob that fails its digest must end in an error"
     );
     h.until_fills_end().await;
     assert_eq!(h.stored_files(), 0);
@@ -104,9 +122,14 @@ async fn an_empty_answer_from_a_fill_waits_for_its_verdict() {
         .delay_blob_answers(Duration::from_millis(500), 1);
     let location = blob_url(&h, art.id).await;
     let got = fetch(&location, None).await;
+    // The answer waited for the verdict, and says what went wrong.
+    let Err(Failed::Refused(status, body)) = got else {
+        panic!("an empty body was answered before the fill's verdict: {got:?}");
+    };
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(
-        got.is_none(),
-        "an empty body was answered as the complete zip before the fill's verdict: {got:?}"
+        body.contains("size mismatch: expected 0 bytes, the blob store has"),
+        "{body}"
     );
     h.until_fills_end().await;
     assert_eq!(h.stored_files(), 0);
@@ -127,7 +150,7 @@ async fn a_restart_with_other_bytes_never_completes_a_stitched_zip() {
     knobs.ignore_blob_ranges(1);
     let location = blob_url(&h, art.id).await;
     let got = fetch(&location, None).await;
-    if let Some((_, body)) = &got {
+    if let Ok((_, body)) = &got {
         assert_eq!(body.len(), zip.len());
         assert!(
             *body == zip,

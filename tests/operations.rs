@@ -636,6 +636,17 @@ async fn exit_on_second_signal(
     let first = tokio::time::timeout(TIMEOUT, body.frame()).await;
     assert!(first.is_ok_and(|f| f.is_some_and(|f| f.is_ok())));
     signal(&child, "TERM");
+    // The first signal did start the shutdown (a process ignoring it would
+    // keep accepting): the listener closes...
+    let deadline = Instant::now() + TIMEOUT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the process waits for the download.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         child.try_wait().expect("child state").is_none(),

@@ -234,18 +234,25 @@ async fn a_stale_answer_does_not_renew_a_grant() {
         }
     }
     // Two renewals at once share one failing upstream call: the one that
-    // joined it got the same stale answer and must be refused too. (Two
-    // failures are queued in case a loaded machine keeps them apart.)
-    h.sim.knobs().set_latency(Duration::from_millis(400));
-    h.sim.knobs().fail_next(2, 503);
-    let both = [0, 1].map(|_| {
-        let (url, path) = (h.url(""), path.clone());
-        tokio::spawn(async move {
-            let first = get(&format!("{url}{path}"), Some(READER_TOKEN)).await;
-            first.status
-        })
-    });
-    for task in both {
+    // joined it got the same stale answer and must be refused too. The
+    // second starts only once the first is at upstream (held there by the
+    // latency), so it joins that call.
+    h.sim.knobs().set_latency(Duration::from_secs(1));
+    h.sim.knobs().fail_next(1, 503);
+    let gets = h.sim.counters().get;
+    let download =
+        |url: String| tokio::spawn(async move { get(&url, Some(READER_TOKEN)).await.status });
+    let first = download(h.url(&path));
+    let deadline = Instant::now() + common::TIMEOUT;
+    while h.sim.counters().get == gets {
+        assert!(
+            Instant::now() < deadline,
+            "the first renewal never reached upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = download(h.url(&path));
+    for task in [first, second] {
         let status = task.await.expect("download task");
         assert_eq!(
             status,
@@ -253,6 +260,11 @@ async fn a_stale_answer_does_not_renew_a_grant() {
             "a stale renewal granted the zip"
         );
     }
+    assert_eq!(
+        h.sim.counters().get,
+        gets + 1,
+        "the two renewals joined one upstream call"
+    );
     h.sim.knobs().set_latency(Duration::ZERO);
     h.sim.knobs().fail_next(0, 0);
 

@@ -50,6 +50,11 @@ impl Harness {
         let sim = Sim::start(SimConfig::default())
             .await
             .expect("simulator starts");
+        Self::start_against(sim, tune).await
+    }
+
+    /// A mirror in front of `sim` (one started with its own `SimConfig`).
+    pub async fn start_against(sim: Sim, tune: impl FnOnce(&mut Layer)) -> Harness {
         let upstream = sim.api_base();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut layer = Layer {
@@ -153,6 +158,17 @@ impl Harness {
                 .await
                 .expect("mirror stops in time")
                 .expect("mirror task");
+        }
+        // Connection tasks ending with the shutdown may hold the app (and
+        // so the index's lock) a moment longer; a restart right away then
+        // failed to open the index on a loaded machine.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.running.app.strong_count() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stopped mirror still holds its app"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -391,7 +391,10 @@ fn download(st: &State, who: Identity, repo: &Repo, id: u64, format: &str) -> An
     let path = format!("/blobs/{}/{}.zip", artifact.id, artifact.sha256);
     let se = expiry(st).to_string();
     let sig = st.sign(&path, &se);
-    let location = format!("http://{}{path}?se={se}&sig={sig}", st.blob_authority);
+    let location = format!(
+        "{}://{}{path}?se={se}&sig={sig}",
+        st.scheme, st.blob_authority
+    );
     Answer {
         status: StatusCode::FOUND,
         payload: Payload::Empty,

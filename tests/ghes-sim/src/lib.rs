@@ -66,6 +66,19 @@ pub struct SimConfig {
     /// simulator by name, e.g. a compose service. Default `None`: the bound
     /// addresses, as tests expect.
     pub advertise_host: Option<String>,
+    /// Serve both listeners over TLS (HTTP/2 or HTTP/1.1 by ALPN) with this
+    /// identity, as a real GHES does; every URL handed out is then https.
+    /// Default `None`: plain HTTP (and h2c).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A certificate (DER, e.g. from rcgen), its PKCS#8 private key (DER), and
+/// whether ALPN offers h2 (else only http/1.1).
+#[derive(Clone, Debug)]
+pub struct TlsIdentity {
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+    pub h2: bool,
 }
 
 impl Default for SimConfig {
@@ -78,6 +91,7 @@ impl Default for SimConfig {
             rate_limit: 5000,
             seed_artifacts: true,
             advertise_host: None,
+            tls: None,
         }
     }
 }
@@ -144,11 +158,14 @@ impl Sim {
         let api = TcpListener::bind(cfg.api_addr).await?;
         let blob = TcpListener::bind(cfg.blob_addr).await?;
         let state = Arc::new(State::new(cfg, api.local_addr()?, blob.local_addr()?));
+        let tls = state.cfg.tls.as_ref().map(server::acceptor).transpose()?;
         let api_state = state.clone();
         let blob_state = state.clone();
         let tasks = vec![
-            server::spawn_listener(api, move |req| api::handle(api_state.clone(), req)),
-            server::spawn_listener(blob, move |req| blob::handle(blob_state.clone(), req)),
+            server::spawn_listener(api, tls.clone(), move |req| {
+                api::handle(api_state.clone(), req)
+            }),
+            server::spawn_listener(blob, tls, move |req| blob::handle(blob_state.clone(), req)),
         ];
         Ok(Sim { state, tasks })
     }
@@ -161,7 +178,7 @@ impl Sim {
         self.state.blob_addr
     }
 
-    /// `http://127.0.0.1:PORT/api/v3` (the advertised host in place of the
+    /// `http://127.0.0.1:PORT/api/v3` (`https` with [`SimConfig::tls`]; the advertised host in place of the
     /// IP when [`SimConfig::advertise_host`] is set), no trailing slash.
     pub fn api_base(&self) -> String {
         self.state.api_base.clone()

@@ -19,6 +19,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every handler answers with this body type: full buffers and streams alike.
@@ -35,13 +37,41 @@ pub(crate) fn empty() -> RespBody {
     full(Bytes::new())
 }
 
+/// A TLS acceptor for `identity` offering h2 (if it says so) and http/1.1
+/// by ALPN (ring, as the mirror uses).
+pub(crate) fn acceptor(identity: &crate::TlsIdentity) -> std::io::Result<TlsAcceptor> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let invalid = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(invalid)?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(identity.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
+        )
+        .map_err(invalid)?;
+    if identity.h2 {
+        config.alpn_protocols.push(b"h2".to_vec());
+    }
+    config.alpn_protocols.push(b"http/1.1".to_vec());
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `listener` until the returned task is aborted.
 ///
 /// Connection tasks live in a `JoinSet` owned by the accept task, so aborting
 /// that one task (what `Sim::shutdown` and `Drop` do) stops accepting and
 /// tears down every open connection with it. `auto::Builder` speaks HTTP/1.1
-/// and HTTP/2 with prior knowledge (h2c), like a proxy in front of GHES may.
-pub(crate) fn spawn_listener<H, F>(listener: TcpListener, handler: H) -> JoinHandle<()>
+/// and HTTP/2 with prior knowledge (h2c), like a proxy in front of GHES may;
+/// with `tls`, the same inside TLS (a failed handshake just ends that
+/// connection).
+pub(crate) fn spawn_listener<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+) -> JoinHandle<()>
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<RespBody>> + Send + 'static,
@@ -61,6 +91,7 @@ where
                     };
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
                         let svc = service_fn(move |req| {
                             let fut = handler(req);
@@ -68,9 +99,19 @@ where
                         });
                         // Errors here are client hang-ups or our own injected
                         // cuts; nothing to report.
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                        let builder = auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    let _ = builder
+                                        .serve_connection(TokioIo::new(stream), svc)
+                                        .await;
+                                }
+                            }
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -20,6 +20,8 @@ pub(crate) struct State {
     pub api_addr: SocketAddr,
     pub blob_addr: SocketAddr,
     pub api_base: String,
+    /// "https" with `SimConfig::tls`, else "http".
+    pub scheme: &'static str,
     /// `host:port` of the blob listener as put in download redirects.
     pub blob_authority: String,
     pub store: Mutex<Store>,
@@ -45,7 +47,8 @@ impl State {
             Some(host) => format!("{host}:{}", addr.port()),
             None => addr.to_string(),
         };
-        let api_base = format!("http://{}/api/v3", authority(api_addr));
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let api_base = format!("{scheme}://{}/api/v3", authority(api_addr));
         let blob_authority = authority(blob_addr);
         State {
             store: Mutex::new(Store::new(cfg.seed_artifacts)),
@@ -53,6 +56,7 @@ impl State {
             api_addr,
             blob_addr,
             api_base,
+            scheme,
             blob_authority,
             counters: Mutex::new(Counters::default()),
             rate: Mutex::new(RateLimits::default()),
