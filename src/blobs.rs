@@ -286,6 +286,9 @@ pub type Relocate =
 pub enum Available {
     Stored(BlobRecord, PathBuf),
     Filling(Arc<Fill>),
+    /// The last fill failed: its redirected clients get the reason; a new
+    /// download starts a new fill.
+    Failed(Arc<FillError>),
 }
 
 /// Bounds of the store, from the settings.
@@ -423,8 +426,11 @@ impl BlobStore {
         if let Some(fill) = self.lock().get(&artifact) {
             // A fill that ended by keeping its blob stays in the map for a
             // moment after its index record is written: serve the store then.
-            let kept = !fill.transient.load(Ordering::Relaxed)
-                && matches!(fill.state.borrow().outcome, Some(Ok(_)));
+            let kept = match &fill.state.borrow().outcome {
+                Some(Err(e)) => return Some(Available::Failed(e.clone())),
+                Some(Ok(_)) => !fill.transient.load(Ordering::Relaxed),
+                None => false,
+            };
             if !kept {
                 return Some(Available::Filling(fill.clone()));
             }
@@ -573,7 +579,11 @@ impl BlobStore {
     ) -> (Arc<Fill>, bool) {
         let mut fills = self.lock();
         if let Some(fill) = fills.get(&artifact) {
-            return (fill.clone(), true);
+            // A failed fill lingers so that the clients it redirected learn
+            // why; a new download starts afresh rather than joining it.
+            if !matches!(fill.state.borrow().outcome, Some(Err(_))) {
+                return (fill.clone(), true);
+            }
         }
         let mut nonce = [0u8; 8];
         let _ = getrandom::fill(&mut nonce);
@@ -626,7 +636,9 @@ impl BlobStore {
                 Ok(_) => FillOutcome::Stored,
                 Err(_) => FillOutcome::Failed,
             };
+            let failed = outcome.is_err();
             let view = detached.view(&tx.borrow(), Some(ended));
+            let me = Arc::downgrade(&detached);
             drop(detached);
             // JSON that showed the artifact expired while it filled found
             // no blob to drop yet: the one just kept must not outlive it.
@@ -645,13 +657,22 @@ impl BlobStore {
                 recent.push_back(view);
             }
             tx.send_modify(|s| s.outcome = Some(outcome));
-            if transient {
+            if transient || failed {
                 // Clients redirected to it arrive within their signed URL's
                 // lifetime: the finished, unkept file stays servable for that
-                // long (as a finished fill), then goes with the last reader.
+                // long (as a finished fill), then goes with the last reader;
+                // a failed fill stays as long so they get its reason (502)
+                // rather than a bare 404.
                 tokio::time::sleep(store.linger).await;
             }
-            store.lock().remove(&artifact);
+            let mut fills = store.lock();
+            // A later download may have replaced a failed fill: leave it.
+            if fills
+                .get(&artifact)
+                .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), me.as_ptr()))
+            {
+                fills.remove(&artifact);
+            }
         });
         (fill, false)
     }

@@ -141,7 +141,7 @@ impl Downloads {
                     let status = match self.blobs.lookup(artifact) {
                         Some(Available::Stored(..)) => Some("HIT"),
                         Some(Available::Filling(_)) => Some("COALESCED"),
-                        None => None,
+                        Some(Available::Failed(_)) | None => None,
                     };
                     if let Some(status) = status {
                         let mut response = self.redirect(&origin, artifact, status, None);
@@ -188,7 +188,7 @@ impl Downloads {
                 let status = match self.blobs.lookup(artifact) {
                     Some(Available::Stored(..)) => "HIT",
                     Some(Available::Filling(_)) => "COALESCED",
-                    None => {
+                    Some(Available::Failed(_)) | None => {
                         let mut facts = self.facts(artifact);
                         facts.repo = Some(crate::meta::repo_id(repo));
                         let relocate = self.relocator(path, authorization, client);
@@ -420,6 +420,7 @@ impl Downloads {
                     CacheOutcome::Hit,
                 )
             }
+            Some(Available::Failed(e)) => return Err(MirrorError::Fill(e)),
             Some(Available::Filling(fill)) => {
                 let mut state = fill.state();
                 let known = match tokio::time::timeout(
