@@ -17,7 +17,7 @@ use crate::download::Downloads;
 use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
-use crate::meta::JsonCache;
+use crate::json_cache::JsonCache;
 use crate::metrics::{self, CacheOutcome, Eviction, Metrics};
 use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{self, ArtifactRoute, Route, RouteError};
@@ -64,6 +64,10 @@ impl App {
     }
 
     pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn shared_metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

@@ -15,7 +15,7 @@ pub mod error;
 pub mod flight;
 pub mod health;
 pub mod index;
-pub mod meta;
+pub mod json_cache;
 pub mod metrics;
 pub mod private;
 pub mod repair;
