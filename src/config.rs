@@ -160,6 +160,9 @@ pub struct Layer {
     /// Log filter, tracing-subscriber EnvFilter syntax [default: info].
     #[arg(long, env = "ARTIFACT_MIRROR_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log lines queued for the writer thread; past it lines are dropped and counted [default: 16384].
+    #[arg(long, env = "ARTIFACT_MIRROR_LOG_QUEUE_LINES", value_name = "LINES")]
+    pub log_queue_lines: Option<usize>,
 }
 
 impl Layer {
@@ -210,6 +213,7 @@ impl Layer {
             status_page: self.status_page.or(lower.status_page),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
+            log_queue_lines: self.log_queue_lines.or(lower.log_queue_lines),
         }
     }
 }
@@ -252,6 +256,7 @@ pub struct Settings {
     pub status_page: StatusPage,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub log_queue_lines: usize,
 }
 
 impl Settings {
@@ -313,6 +318,7 @@ impl Settings {
             status_page: layer.status_page.unwrap_or(StatusPage::Summary),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
             log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_queue_lines: layer.log_queue_lines.unwrap_or(16 * 1024),
         };
         settings.check()?;
         Ok(settings)
@@ -333,6 +339,7 @@ impl Settings {
         for (key, n) in [
             ("max_connections", self.max_connections),
             ("max_upstream_requests", self.max_upstream_requests),
+            ("log_queue_lines", self.log_queue_lines),
         ] {
             if n == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
