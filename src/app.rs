@@ -141,6 +141,8 @@ impl App {
             Route::Metrics => {
                 let format =
                     metrics::Format::negotiate(request.headers().get(http::header::ACCEPT));
+                self.metrics
+                    .log_dropped_lines(crate::access_log::dropped_lines());
                 let text = self.metrics.render(self.downloads.blobs().live(), format);
                 let mut response = Response::new(crate::body::full(Bytes::from(text)));
                 response.headers_mut().insert(

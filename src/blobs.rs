@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::access::Access;
 use crate::body::BoxError;
 use crate::clock::{now_ms, now_secs};
 use crate::credential::hex;
@@ -186,6 +187,8 @@ pub struct StoreLimits {
 pub struct BlobStore {
     dir: PathBuf,
     index: Index,
+    /// Grants end with their artifact's blob.
+    access: Access,
     fetcher: BlobFetcher,
     quota: u64,
     max_blob: u64,
@@ -217,6 +220,7 @@ impl BlobStore {
         crate::private::create_dir_all(&data_dir.join("blobs").join("sha256"))?;
         let store = BlobStore {
             dir: data_dir.to_owned(),
+            access: Access::ending(&index),
             index,
             fetcher,
             quota: limits.quota,
@@ -385,7 +389,7 @@ impl BlobStore {
                 None
             }
         };
-        if let Err(e) = self.index.grants().remove_artifact(artifact) {
+        if let Err(e) = self.access.end(artifact) {
             tracing::warn!(error = %e, "grants not removed");
         }
         let Some(record) = removed else {
@@ -808,7 +812,7 @@ impl BlobStore {
             }
             Err(e) => tracing::warn!(error = %e, "expired facts not swept"),
         }
-        let granted = match self.index.grants().artifacts() {
+        let granted = match self.access.granted_artifacts() {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "grants not swept");
@@ -818,7 +822,7 @@ impl BlobStore {
         for id in granted {
             let unused =
                 matches!(self.index.blobs().get(id), Ok(None)) && !self.lock().contains_key(&id);
-            if unused && self.index.grants().remove_artifact(id).is_ok() {
+            if unused && self.access.end(id).is_ok() {
                 swept.grants.push(id);
             }
         }

@@ -15,11 +15,12 @@ use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::access::{Access, Standing};
 use crate::blobs::{self, Available, BlobStore, Facts, FillError, Relocate, Source};
 use crate::body::{self, Body};
-use crate::clock::{millis, now_ms};
-use crate::config::{Revalidate, Settings};
-use crate::credential::{CredentialId, InstanceSecret};
+use crate::clock::now_ms;
+use crate::config::Settings;
+use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
 use crate::index::Index;
 use crate::json_cache::{JsonCache, Verdict, X_CACHE};
@@ -36,13 +37,13 @@ pub struct Downloads {
     upstream: Upstream,
     json: Arc<JsonCache>,
     blobs: Arc<BlobStore>,
+    /// Facts, for a cold fill.
     index: Index,
+    access: Access,
     secret: InstanceSecret,
     signer: Signer,
     public: PublicBase,
     api_base: String,
-    mode: Revalidate,
-    max_fresh: Duration,
 }
 
 /// What renewing a grant said.
@@ -77,12 +78,11 @@ impl Downloads {
             upstream,
             json,
             blobs,
+            access: Access::new(&index, settings),
             index,
             secret,
             public,
             api_base: settings.api_base_path().to_owned(),
-            mode: settings.revalidate,
-            max_fresh: settings.max_fresh.0,
         }
     }
 
@@ -109,15 +109,9 @@ impl Downloads {
         let credential = self.secret.credential(&parts.headers);
         let now = now_ms();
 
-        let granted = self
-            .index
-            .grants()
-            .get(artifact, credential)
-            .unwrap_or(None);
-        if let Some(granted_at) = granted {
-            let young = self.mode == Revalidate::WhenStale
-                && now.saturating_sub(granted_at) < millis(self.max_fresh);
-            let renewal = if young {
+        let standing = self.access.standing(artifact, credential, now);
+        if standing != Standing::Unknown {
+            let renewal = if standing == Standing::Young {
                 Renewal::Allowed {
                     outcome: CacheOutcome::Hit,
                     confirmed: false,
@@ -131,12 +125,8 @@ impl Downloads {
                     confirmed,
                 } => {
                     self.refuse_if_expired(artifact).await?;
-                    // The grant's time is when upstream last said yes: a
-                    // young grant (or a fresh cached answer) used again must
-                    // not make itself younger, or a client downloading more
-                    // often than `max_fresh` would never be asked about again.
                     if confirmed {
-                        self.grant(artifact, credential, now);
+                        self.access.allow(artifact, credential, now);
                     }
                     let status = match self.blobs.lookup(artifact) {
                         Some(Available::Stored(..)) => Some("HIT"),
@@ -152,9 +142,7 @@ impl Downloads {
                     // Location is needed, from the download endpoint.
                 }
                 Renewal::Denied(response) => {
-                    if let Err(e) = self.index.grants().remove(artifact, credential) {
-                        tracing::warn!(error = %e, "grant not removed");
-                    }
+                    self.access.deny(artifact, credential);
                     return Ok(response);
                 }
                 Renewal::Failed(response) => return Ok(response),
@@ -184,7 +172,7 @@ impl Downloads {
                         )
                     })?;
                 self.refuse_if_expired(artifact).await?;
-                self.grant(artifact, credential, now);
+                self.access.allow(artifact, credential, now);
                 let status = match self.blobs.lookup(artifact) {
                     Some(Available::Stored(..)) => "HIT",
                     Some(Available::Filling(_)) => "COALESCED",
@@ -257,12 +245,6 @@ impl Downloads {
         }
         self.blobs.expire(vec![artifact]).await;
         Err(MirrorError::ArtifactExpired)
-    }
-
-    fn grant(&self, artifact: u64, credential: CredentialId, now: u64) {
-        if let Err(e) = self.index.grants().put(artifact, credential, now) {
-            tracing::warn!(error = %e, "grant not recorded");
-        }
     }
 
     fn facts(&self, artifact: u64) -> Facts {

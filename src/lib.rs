@@ -1,6 +1,7 @@
 //! artifact-mirror: a caching reverse proxy for the GitHub Enterprise Server
 //! Actions artifacts API. See `README.md` and the design notes it links.
 
+pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod app;

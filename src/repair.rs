@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::access::Access;
 use crate::credential::hex;
 use crate::index::BlobRecord;
 use crate::index::Index;
@@ -231,7 +232,7 @@ pub fn reconcile(data_dir: &Path, index: &Index, rehash: bool) -> Result<Report,
             remove_file(&file.path)?;
             for id in named.keys() {
                 index.blobs().remove(*id)?;
-                index.grants().remove_artifact(*id)?;
+                Access::ending(index).end(*id)?;
                 removed_ids.insert(*id);
             }
             report.corrupt.push(Corrupt {
