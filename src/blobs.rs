@@ -33,7 +33,8 @@ use crate::credential::hex;
 pub use crate::error::FillError;
 pub use crate::index::{BlobRecord, Facts};
 use crate::index::{Index, IndexError};
-use crate::metrics::{Eviction, Live, Metrics};
+use crate::metrics::{Live, Metrics};
+use crate::outcome::Eviction;
 use crate::upstream::BlobFetcher;
 
 /// Transfers attempted per fill (the first and the resumes).

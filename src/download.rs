@@ -23,8 +23,8 @@ use crate::config::Settings;
 use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
 use crate::index::Index;
-use crate::json_cache::{JsonCache, Verdict, X_CACHE};
-use crate::metrics::{CacheOutcome, Eviction};
+use crate::json_cache::{JsonCache, Verdict};
+use crate::outcome::{CacheOutcome, Eviction, X_CACHE};
 use crate::rewrite::PublicBase;
 use crate::router::RepoRef;
 use crate::signing::Signer;
@@ -129,8 +129,8 @@ impl Downloads {
                         self.access.allow(artifact, credential, now);
                     }
                     let status = match self.blobs.lookup(artifact) {
-                        Some(Available::Stored(..)) => Some("HIT"),
-                        Some(Available::Filling(_)) => Some("COALESCED"),
+                        Some(Available::Stored(..)) => Some(CacheOutcome::Hit),
+                        Some(Available::Filling(_)) => Some(CacheOutcome::Coalesced),
                         Some(Available::Failed(_)) | None => None,
                     };
                     if let Some(status) = status {
@@ -174,17 +174,17 @@ impl Downloads {
                 self.refuse_if_expired(artifact).await?;
                 self.access.allow(artifact, credential, now);
                 let status = match self.blobs.lookup(artifact) {
-                    Some(Available::Stored(..)) => "HIT",
-                    Some(Available::Filling(_)) => "COALESCED",
+                    Some(Available::Stored(..)) => CacheOutcome::Hit,
+                    Some(Available::Filling(_)) => CacheOutcome::Coalesced,
                     Some(Available::Failed(_)) | None => {
                         let mut facts = self.facts(artifact);
                         facts.repo = Some(crate::json_cache::repo_id(repo));
                         let relocate = self.relocator(path, authorization, client);
                         let (_, joined) = self.blobs.fill(artifact, location, facts, relocate);
                         if joined {
-                            "COALESCED"
+                            CacheOutcome::Coalesced
                         } else {
-                            "MISS"
+                            CacheOutcome::Miss
                         }
                     }
                 };
@@ -295,7 +295,7 @@ impl Downloads {
         &self,
         origin: &str,
         artifact: u64,
-        status: &'static str,
+        status: CacheOutcome,
         upstream: Option<Response<Body>>,
     ) -> Response<Body> {
         let location = format!(
@@ -313,7 +313,7 @@ impl Downloads {
         if let Ok(v) = HeaderValue::from_str(&location) {
             headers.insert(header::LOCATION, v);
         }
-        headers.insert(X_CACHE, HeaderValue::from_static(status));
+        headers.insert(X_CACHE, status.x_cache());
         response
     }
 

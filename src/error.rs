@@ -181,17 +181,6 @@ fn documented_error_body(message: &str, documentation_url: &str) -> bytes::Bytes
     .into()
 }
 
-/// A GitHub-style JSON error answer.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(body::full(error_body(message)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use crate::blobs::BlobStore;
 use crate::index::Facts;
 use crate::index::{Index, IndexStats};
 use crate::json_cache;
-use crate::metrics::Eviction;
+use crate::outcome::Eviction;
 use crate::repair;
 use crate::router::RepoRef;
 
