@@ -10,7 +10,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 
 use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
-use crate::blobs::Swept;
+use crate::blob_store::Swept;
 use crate::body::{Body, BoxError};
 use crate::config::{Settings, StatusPage};
 use crate::download::Downloads;
@@ -183,7 +183,8 @@ impl App {
                     self.json.purge_repo(repo);
                     self.downloads
                         .blobs()
-                        .remove(artifact_id, Eviction::Deleted);
+                        .remove(artifact_id, Eviction::Deleted)
+                        .await;
                 }
                 Ok(response)
             }

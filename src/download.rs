@@ -16,12 +16,14 @@ use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::access::{Access, Standing};
-use crate::blobs::{self, Available, BlobStore, Facts, FillError, Relocate, Source};
+use crate::blob_store::{self, Available, BlobStore, Relocate, Source};
 use crate::body::{self, Body};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::credential::InstanceSecret;
+use crate::error::FillError;
 use crate::error::MirrorError;
+use crate::index::Facts;
 use crate::index::Index;
 use crate::json_cache::{JsonCache, Verdict};
 use crate::outcome::{CacheOutcome, Eviction, X_CACHE};
@@ -86,7 +88,7 @@ impl Downloads {
         }
     }
 
-    pub fn blobs(&self) -> &BlobStore {
+    pub fn blobs(&self) -> &Arc<BlobStore> {
         &self.blobs
     }
 
@@ -193,7 +195,7 @@ impl Downloads {
                 Ok(response)
             }
             StatusCode::GONE => {
-                self.blobs.remove(artifact, Eviction::Expired);
+                self.blobs.remove(artifact, Eviction::Expired).await;
                 Ok(response)
             }
             _ => Ok(response),
@@ -331,14 +333,14 @@ impl Downloads {
         // download endpoint now gives, not a "never fetched" 404.
         self.refuse_if_expired(artifact).await?;
         let (total, name, etag, modified, source, cache) = match self.blobs.lookup(artifact) {
-            Some(Available::Stored(record, path)) => {
+            Some(Available::Stored(record)) => {
                 // Opened now, so an eviction from here on cannot cut the
                 // answer short; a record whose file is gone is dropped.
-                let file = match blobs::open(&path).await {
+                let file = match self.blobs.open_blob(&record).await {
                     Ok(file) => file,
                     Err(e) => {
                         tracing::warn!(artifact, error = %e, "blob file missing; record dropped");
-                        self.blobs.remove(artifact, Eviction::Deleted);
+                        self.blobs.remove(artifact, Eviction::Deleted).await;
                         return Err(MirrorError::BlobUnavailable);
                     }
                 };
@@ -370,7 +372,7 @@ impl Downloads {
                 let mut total = known.total.unwrap_or(0);
                 if total == 0 && known.outcome.is_none() {
                     // An empty answer carries no last byte to hold back
-                    // (see `blobs::pump_file`): once sent, "0 bytes" is
+                    // (see `blob_store::staging::pump_file`): once sent, "0 bytes" is
                     // complete. So it waits for the verdict; a size taken
                     // from JSON may yet prove wrong.
                     let verdict = state
@@ -418,7 +420,7 @@ impl Downloads {
         let body = if parts.method == Method::HEAD {
             body::empty()
         } else {
-            blobs::read_range(source, start, end).boxed()
+            blob_store::read_range(source, start, end).boxed()
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;

@@ -24,7 +24,7 @@ use http::{request, Method, Request, Response, StatusCode};
 use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 
 use crate::access_log::UpstreamStatus;
-use crate::blobs::BlobStore;
+use crate::blob_store::BlobStore;
 use crate::body::{self, Body};
 use crate::clock::{millis, now_secs, unix_ms};
 use crate::config::{Revalidate, Settings};
