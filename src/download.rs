@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::access::{Access, Standing};
-use crate::blob_store::{self, Available, BlobStore, Relocate, Source};
+use crate::blob_store::{self, Available, BlobStore, FillState, Relocate, Source};
 use crate::body::{self, Body};
 use crate::clock::now_ms;
 use crate::config::Settings;
@@ -357,37 +357,38 @@ impl Downloads {
             Some(Available::Failed(e)) => return Err(MirrorError::Fill(e)),
             Some(Available::Filling(fill)) => {
                 let mut state = fill.state();
-                let known = match tokio::time::timeout(
-                    SIZE_WAIT,
-                    state.wait_for(|s| s.total.is_some() || s.outcome.is_some()),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s.clone(),
-                    _ => return Err(MirrorError::Fill(Arc::new(FillError::NoAnswer))),
+                let known =
+                    match tokio::time::timeout(SIZE_WAIT, state.wait_for(FillState::size_known))
+                        .await
+                    {
+                        Ok(Ok(s)) => s.clone(),
+                        _ => return Err(MirrorError::Fill(Arc::new(FillError::NoAnswer))),
+                    };
+                let running = !known.ended();
+                let (mut total, name) = match known {
+                    FillState::Failed(e) => return Err(MirrorError::Fill(e)),
+                    FillState::Verified(record) => (record.size, Some(record.name)),
+                    FillState::Running { total, name, .. } => (total.unwrap_or(0), name),
                 };
-                if let Some(Err(e)) = known.outcome {
-                    return Err(MirrorError::Fill(e));
-                }
-                let mut total = known.total.unwrap_or(0);
-                if total == 0 && known.outcome.is_none() {
+                if total == 0 && running {
                     // An empty answer carries no last byte to hold back
                     // (see `blob_store::staging::pump_file`): once sent, "0 bytes" is
                     // complete. So it waits for the verdict; a size taken
                     // from JSON may yet prove wrong.
                     let verdict = state
-                        .wait_for(|s| s.outcome.is_some())
+                        .wait_for(FillState::ended)
                         .await
                         .map_err(|_| MirrorError::Fill(Arc::new(FillError::Stopped)))?
-                        .outcome
                         .clone();
                     match verdict {
-                        Some(Ok(record)) => total = record.size,
-                        Some(Err(e)) => return Err(MirrorError::Fill(e)),
-                        None => return Err(MirrorError::Fill(Arc::new(FillError::Stopped))),
+                        FillState::Verified(record) => total = record.size,
+                        FillState::Failed(e) => return Err(MirrorError::Fill(e)),
+                        FillState::Running { .. } => {
+                            return Err(MirrorError::Fill(Arc::new(FillError::Stopped)))
+                        }
                     }
                 }
-                let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));
+                let name = name.unwrap_or_else(|| format!("artifact-{artifact}"));
                 (
                     total,
                     name,

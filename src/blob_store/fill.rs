@@ -31,14 +31,30 @@ use super::{BlobStore, Swept};
 const ATTEMPTS: u32 = 5;
 
 /// Where a fill stands; watched by every client reading it.
-#[derive(Debug, Clone, Default)]
-pub struct FillState {
-    pub written: u64,
-    /// Known once the blob store answered (or from cached JSON).
-    pub total: Option<u64>,
-    pub name: Option<String>,
-    /// `Some` when the fill ended.
-    pub outcome: Option<Result<BlobRecord, Arc<FillError>>>,
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Bytes arriving: `written` of them are in the staged file.
+    Running {
+        written: u64,
+        /// Known once the blob store answered (or from cached JSON).
+        total: Option<u64>,
+        name: Option<String>,
+    },
+    /// Whole and checked (size, digest): every byte is in the staged file
+    /// or, once committed, in the backend.
+    Verified(BlobRecord),
+    Failed(Arc<FillError>),
+}
+
+impl FillState {
+    pub fn ended(&self) -> bool {
+        !matches!(self, FillState::Running { .. })
+    }
+
+    /// Whether a client can be told the zip's size (or the fill's end).
+    pub fn size_known(&self) -> bool {
+        !matches!(self, FillState::Running { total: None, .. })
+    }
 }
 
 /// A fill as the status page shows it: under way, or one of the last ones.
@@ -92,12 +108,21 @@ impl Fill {
     }
 
     pub(super) fn view(&self, state: &FillState, outcome: Option<FillOutcome>) -> FillView {
+        let (written, total, name) = match state {
+            FillState::Running {
+                written,
+                total,
+                name,
+            } => (*written, *total, name.clone()),
+            FillState::Verified(r) => (r.size, Some(r.size), Some(r.name.clone())),
+            FillState::Failed(_) => (0, None, None),
+        };
         FillView {
             artifact: self.artifact,
-            name: state.name.clone(),
+            name,
             repo: self.repo.clone(),
-            written: state.written,
-            total: state.total,
+            written,
+            total,
             started: self.started_unix,
             elapsed: self.started.elapsed(),
             outcome,
@@ -132,7 +157,7 @@ impl BlobStore {
         if let Some(fill) = fills.get(&artifact) {
             // A failed fill lingers so that the clients it redirected learn
             // why; a new download starts afresh rather than joining it.
-            if !matches!(fill.state.borrow().outcome, Some(Err(_))) {
+            if !matches!(*fill.state.borrow(), FillState::Failed(_)) {
                 return (fill.clone(), true);
             }
         }
@@ -142,10 +167,10 @@ impl BlobStore {
             .dir
             .join("tmp")
             .join(format!("{artifact}-{}.part", hex(&nonce)));
-        let (tx, rx) = watch::channel(FillState {
+        let (tx, rx) = watch::channel(FillState::Running {
+            written: 0,
             total: facts.size,
             name: facts.name.clone(),
-            ..FillState::default()
         });
         let fill = Arc::new(Fill {
             artifact,
@@ -207,7 +232,10 @@ impl BlobStore {
                 }
                 recent.push_back(view);
             }
-            tx.send_modify(|s| s.outcome = Some(outcome));
+            tx.send_replace(match outcome {
+                Ok(record) => FillState::Verified(record),
+                Err(e) => FillState::Failed(e),
+            });
             if transient || failed {
                 // Clients redirected to it arrive within their signed URL's
                 // lifetime: the finished, unkept file stays servable for that
@@ -318,8 +346,10 @@ impl BlobStore {
             }
             let size = total.unwrap_or(0);
             tx.send_modify(|s| {
-                s.total = Some(size);
-                s.name = name.clone();
+                if let FillState::Running { total, name: n, .. } = s {
+                    *total = Some(size);
+                    n.clone_from(&name);
+                }
             });
             let mut body = response.into_body();
             let mut cut = None;
@@ -364,7 +394,11 @@ impl BlobStore {
                 file.flush().await.map_err(FillError::io("write", tmp))?;
                 hasher.update(&data);
                 written += data.len() as u64;
-                tx.send_modify(|s| s.written = written);
+                tx.send_modify(|s| {
+                    if let FillState::Running { written: w, .. } = s {
+                        *w = written;
+                    }
+                });
             }
             if written == size {
                 file.sync_all().await.map_err(FillError::io("sync", tmp))?;

@@ -35,7 +35,7 @@ use crate::outcome::Eviction;
 use crate::upstream::BlobFetcher;
 
 use backend::{Backend, StoredBlob};
-pub(crate) use fill::{Fill, FillOutcome, FillView, Relocate};
+pub(crate) use fill::{Fill, FillOutcome, FillState, FillView, Relocate};
 pub(crate) use staging::{read_range, Source};
 
 /// What [`BlobStore::housekeep`] dropped, by artifact.
@@ -157,10 +157,7 @@ impl BlobStore {
         Live {
             store_bytes: self.stored_bytes(),
             store_blobs: self.stored_blobs.load(Ordering::Relaxed),
-            fills_in_flight: fills
-                .values()
-                .filter(|f| f.state.borrow().outcome.is_none())
-                .count() as u64,
+            fills_in_flight: fills.values().filter(|f| !f.state.borrow().ended()).count() as u64,
             fill_waiters: fills
                 .values()
                 .map(|f| f.readers.load(Ordering::Relaxed))
@@ -176,7 +173,7 @@ impl BlobStore {
             .values()
             .filter_map(|f| {
                 let state = f.state.borrow();
-                state.outcome.is_none().then(|| f.view(&state, None))
+                (!state.ended()).then(|| f.view(&state, None))
             })
             .collect();
         running.sort_by_key(|f| (f.started, f.artifact));
@@ -201,10 +198,10 @@ impl BlobStore {
         if let Some(fill) = self.lock().get(&artifact) {
             // A fill that ended by keeping its blob stays in the map for a
             // moment after its index record is written: serve the store then.
-            let kept = match &fill.state.borrow().outcome {
-                Some(Err(e)) => return Some(Available::Failed(e.clone())),
-                Some(Ok(_)) => !fill.transient.load(Ordering::Relaxed),
-                None => false,
+            let kept = match &*fill.state.borrow() {
+                FillState::Failed(e) => return Some(Available::Failed(e.clone())),
+                FillState::Verified(_) => !fill.transient.load(Ordering::Relaxed),
+                FillState::Running { .. } => false,
             };
             if !kept {
                 return Some(Available::Filling(fill.clone()));

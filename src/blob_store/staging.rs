@@ -76,22 +76,21 @@ async fn pump(
         // The fill finished and renamed its file in between: wait for its
         // verdict (the record is written right after the rename).
         Err(_) => {
-            let outcome = state
-                .wait_for(|s| s.outcome.is_some())
+            let ended = state
+                .wait_for(FillState::ended)
                 .await
                 .map_err(|_| "the fill stopped".to_owned())?
-                .outcome
                 .clone();
-            match outcome {
-                Some(Ok(record)) => {
+            match ended {
+                FillState::Verified(record) => {
                     let backend = fill.backend.clone();
                     tokio::task::spawn_blocking(move || backend.open(&record))
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?
                 }
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("stored blob not found".into()),
+                FillState::Failed(e) => return Err(e.to_string()),
+                FillState::Running { .. } => return Err("stored blob not found".into()),
             }
         }
     };
@@ -112,18 +111,19 @@ async fn pump_file(
         let available = match &mut state {
             None => end,
             Some(rx) => loop {
-                let (written, outcome) = {
-                    let s = rx.borrow_and_update();
-                    (s.written, s.outcome.clone())
+                let (written, ended) = match &*rx.borrow_and_update() {
+                    FillState::Running { written, .. } => (*written, None),
+                    FillState::Verified(record) => (record.size, Some(Ok(record.size))),
+                    FillState::Failed(e) => (0, Some(Err(e.to_string()))),
                 };
                 // The last byte of this answer (not only of the zip: a
                 // range is an answer too) waits for the fill's verdict
                 // (size, digest): a client must never see bytes the fill
                 // goes on to reject end as complete.
                 let releasable = written.min(end.saturating_sub(1));
-                match outcome {
-                    Some(Err(e)) => return Err(e.to_string()),
-                    Some(Ok(record)) => break record.size,
+                match ended {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(size)) => break size,
                     None if releasable > pos => break releasable,
                     None => {
                         if rx.changed().await.is_err() {
