@@ -131,3 +131,56 @@ impl StoredBlob for std::fs::File {
         Ok(Bytes::from(buf))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::hex;
+    use sha2::{Digest, Sha256};
+
+    /// The contract the store relies on: a commit is readable by range, a
+    /// shared content outlives the first artifact that drops it, and an
+    /// open reader outlives the delete.
+    #[test]
+    fn committed_content_is_read_by_range_and_deleted_with_its_last_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index"), 1 << 20).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let fs = LocalFs::new(dir.path(), index.clone());
+        let content = b"zip bytes";
+        let record = BlobRecord {
+            sha256: hex(&Sha256::digest(content)),
+            size: content.len() as u64,
+            name: "dist".into(),
+            expires_at: None,
+            stored_at: 1,
+            repo: None,
+        };
+        for id in [1, 2] {
+            let staged = dir.path().join("tmp").join(format!("{id}.part"));
+            std::fs::write(&staged, content).unwrap();
+            fs.commit(&staged, id, &record).unwrap();
+            assert!(!staged.exists());
+            index.blobs().put(id, &record, 1).unwrap();
+        }
+        let blob = fs.open(&record).unwrap();
+        assert_eq!(&blob.read_at(4, 100).unwrap()[..], b"bytes");
+        assert!(blob.read_at(9, 10).unwrap().is_empty());
+
+        index.blobs().remove(1).unwrap();
+        fs.delete(1, &record);
+        assert_eq!(
+            &fs.open(&record).unwrap().read_at(0, 3).unwrap()[..],
+            b"zip"
+        );
+        index.blobs().remove(2).unwrap();
+        fs.delete(2, &record);
+        assert_eq!(
+            fs.open(&record).err().map(|e| e.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+        // Opened before the delete: still readable.
+        assert_eq!(&blob.read_at(0, 3).unwrap()[..], b"zip");
+        assert!(fs.scan(&index, true).unwrap().corrupt.is_empty());
+    }
+}
