@@ -17,6 +17,7 @@ pub mod health;
 pub mod index;
 pub mod meta;
 pub mod metrics;
+pub mod prefetch;
 pub mod private;
 pub mod repair;
 pub mod rewrite;
