@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         data_dir: Some(data_dir.into()),
         ..Layer::default()
     })?;
-    artifact_mirror::access_log::init_subscriber(&settings);
+    let _log = artifact_mirror::access_log::init_subscriber(&settings);
     let server = Server::bind(&settings).await?;
     let base = format!("http://{}/api/v3", server.local_addr()?);
     let artifact = sim

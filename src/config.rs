@@ -211,6 +211,9 @@ pub struct Layer {
     /// Log filter, tracing-subscriber EnvFilter syntax [default: info].
     #[arg(long, env = "ARTIFACT_MIRROR_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log lines queued for the writer thread; past it lines are dropped and counted [default: 16384].
+    #[arg(long, env = "ARTIFACT_MIRROR_LOG_QUEUE_LINES", value_name = "LINES")]
+    pub log_queue_lines: Option<usize>,
 }
 
 impl Layer {
@@ -274,6 +277,7 @@ impl Layer {
             prefetch_queue: self.prefetch_queue.or(lower.prefetch_queue),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
+            log_queue_lines: self.log_queue_lines.or(lower.log_queue_lines),
         }
     }
 }
@@ -332,6 +336,7 @@ pub struct Settings {
     pub prefetch_queue: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub log_queue_lines: usize,
 }
 
 impl Settings {
@@ -406,6 +411,7 @@ impl Settings {
             prefetch_queue: layer.prefetch_queue.unwrap_or(1000),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
             log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_queue_lines: layer.log_queue_lines.unwrap_or(16 * 1024),
         };
         settings.check()?;
         Ok(settings)
@@ -426,6 +432,7 @@ impl Settings {
         for (key, n) in [
             ("max_connections", self.max_connections),
             ("max_upstream_requests", self.max_upstream_requests),
+            ("log_queue_lines", self.log_queue_lines),
         ] {
             if n == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -457,7 +464,7 @@ impl Settings {
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
-                crate::server::tls_config(cert, key)
+                crate::tls::server_config(cert, key)
                     .map_err(|e| ConfigError::invalid("tls_cert", e.to_string()))?;
             }
             (Some(_), None) => {
@@ -475,7 +482,7 @@ impl Settings {
             (None, None) => {}
         }
         if let Some(path) = &self.ca_file {
-            crate::upstream::read_ca_file(path)
+            crate::tls::read_ca_file(path)
                 .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
         }
         crate::prefetch::check(self)

@@ -26,4 +26,5 @@ pub mod server;
 pub mod sidecar;
 pub mod signing;
 pub mod status;
+pub mod tls;
 pub mod upstream;

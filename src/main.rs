@@ -90,7 +90,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            artifact_mirror::access_log::init_subscriber(&settings);
+            // Dropped last, after the runtime: writes the lines still queued.
+            let _log = artifact_mirror::access_log::init_subscriber(&settings);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

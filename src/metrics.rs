@@ -208,6 +208,7 @@ pub struct Metrics {
     fill_waiters: Gauge,
     rate_limit_saved: Counter,
     rate_limit_lowest: Family<NoLabels, Gauge>,
+    log_lines_dropped: Counter,
     /// Lowest remaining per second of the last minute: `(second, lowest)`.
     remaining: Mutex<[(u64, u64); WINDOW as usize]>,
     cache_answers: AtomicU64,
@@ -251,6 +252,7 @@ impl Metrics {
             fill_waiters: Gauge::default(),
             rate_limit_saved: Counter::default(),
             rate_limit_lowest: Family::default(),
+            log_lines_dropped: Counter::default(),
             remaining: Mutex::new([(0, 0); WINDOW as usize]),
             cache_answers: AtomicU64::new(0),
             from_cache: AtomicU64::new(0),
@@ -347,6 +349,11 @@ impl Metrics {
             "rate_limit_remaining_lowest",
             "Lowest X-RateLimit-Remaining seen from GHES in the last minute (absent when none)",
             m.rate_limit_lowest.clone(),
+        );
+        r.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (a slow reader of stderr); process-wide",
+            m.log_lines_dropped.clone(),
         );
         m
     }
@@ -458,8 +465,17 @@ impl Metrics {
             .min()
     }
 
+    /// Raises the dropped-lines counter to `total`, the log writer's own
+    /// count (read at scrape time, so the two cannot drift).
+    fn log_dropped_lines(&self, total: u64) {
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(total, Ordering::Relaxed);
+    }
+
     /// The exposition in `format`.
     pub fn render(&self, live: Live, format: Format) -> String {
+        self.log_dropped_lines(crate::access_log::dropped_lines());
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
@@ -585,5 +601,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("artifact_mirror_store_bytes 10\n"), "{text}");
+    }
+
+    #[test]
+    fn dropped_log_lines_follow_the_writer_count() {
+        let m = Metrics::new();
+        let text = m.render(Live::default(), Format::Prometheus);
+        assert!(
+            text.contains("\nartifact_mirror_log_lines_dropped_total 0\n"),
+            "{text}"
+        );
+        m.log_dropped_lines(7);
+        m.log_dropped_lines(3);
+        let text = m.render(Live::default(), Format::Prometheus);
+        assert!(
+            text.contains("\nartifact_mirror_log_lines_dropped_total 7\n"),
+            "{text}"
+        );
     }
 }
