@@ -451,6 +451,36 @@ async fn an_app_token_is_minted_once_and_reused() {
     }
 }
 
+/// A token within 5 minutes of its `expires_at` is not used again: the
+/// next run mints a fresh one (a fill must not run into the token's end).
+#[tokio::test]
+async fn an_app_token_close_to_its_expiry_is_minted_again() {
+    let files = Files::new();
+    let key = files.put("app.pem", APP_PRIVATE_KEY_PEM);
+    let secret = files.put("secret", SECRET.as_bytes());
+    let h = Harness::start_with(|l| {
+        l.webhook_secret_file = Some(secret);
+        l.github_app_id = Some(4242);
+        l.github_app_key_file = Some(key);
+    })
+    .await;
+    h.sim.enable_github_app(4242, 99);
+    h.sim.set_app_token_lifetime(240);
+    h.sim.set_webhook(&hook_url(&h), SECRET);
+    h.sim.reset_counters();
+    let mut zips = Vec::new();
+    for run_id in [6651, 6652] {
+        let run = h
+            .sim
+            .complete_run(PRIVATE_REPO, run_id, &[("dist", 5000)])
+            .await;
+        assert_eq!(run.delivered, Some(Ok(202)));
+        zips.push(h.sim.zip_bytes(run.artifacts[0].id).unwrap());
+        until_holds(&h, &zips).await;
+    }
+    assert_eq!(h.sim.counters().app_tokens_minted, 2);
+}
+
 #[tokio::test]
 async fn artifacts_over_prefetch_max_bytes_or_not_named_are_not_fetched() {
     let files = Files::new();

@@ -393,7 +393,7 @@ fn app_token(st: &State, authorization: Option<&str>, installation: u64) -> Answ
         StatusCode::CREATED,
         &serde_json::json!({
             "token": crate::fixtures::APP_INSTALLATION_TOKEN,
-            "expires_at": crate::util::rfc3339(crate::util::now_unix() + 3600),
+            "expires_at": crate::util::rfc3339(crate::util::now_unix() + app.token_lifetime),
             "permissions": { "actions": "read", "metadata": "read" },
             "repository_selection": "all",
         }),

@@ -297,7 +297,16 @@ impl Sim {
         *lock(&self.state.app) = Some(runs::App {
             app_id,
             installation_id,
+            token_lifetime: 3600,
         });
+    }
+
+    /// Installation tokens minted from now on expire after `seconds`
+    /// (default an hour, as on GitHub).
+    pub fn set_app_token_lifetime(&self, seconds: u64) {
+        if let Some(app) = lock(&self.state.app).as_mut() {
+            app.token_lifetime = seconds;
+        }
     }
 
     /// Run `run_id` of "owner/name", if it completed.

@@ -149,6 +149,8 @@ pub(crate) struct Hook {
 pub(crate) struct App {
     pub app_id: u64,
     pub installation_id: u64,
+    /// Seconds an installation token is valid (GitHub: an hour).
+    pub token_lifetime: u64,
 }
 
 #[derive(serde::Deserialize)]
