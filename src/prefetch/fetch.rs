@@ -89,7 +89,7 @@ impl Fetcher {
                 "{}/repos/{}/{}/actions/runs/{}/artifacts?per_page={PER_PAGE}&page={page}",
                 self.api_base, job.owner, job.name, job.run_id
             );
-            let response = self.get(&path, auth, "prefetch_list").await?;
+            let response = get(&self.upstream, &path, auth, "prefetch_list").await?;
             if response.status() != StatusCode::OK {
                 tracing::warn!(
                     run = job.run_id,
@@ -98,14 +98,17 @@ impl Fetcher {
                 );
                 return None;
             }
-            let bytes = body::collect_limited(response.into_body(), MAX_LIST_BYTES)
+            let list = body::collect_limited(response.into_body(), MAX_LIST_BYTES)
                 .await
-                .ok()?;
-            let list: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            let artifacts = list.get("artifacts")?.as_array()?;
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            let Some(artifacts) = list.as_ref().and_then(|l| l.get("artifacts")?.as_array()) else {
+                tracing::warn!(run = job.run_id, "prefetch: unreadable artifacts list");
+                return None;
+            };
             let total = list
-                .get("total_count")
-                .and_then(|t| t.as_u64())
+                .as_ref()
+                .and_then(|l| l.get("total_count")?.as_u64())
                 .unwrap_or(0);
             seen += artifacts.len() as u64;
             for artifact in artifacts {
@@ -167,7 +170,12 @@ impl Fetcher {
                 Box::pin(async move { locate(&upstream, &path, &auth).await })
             })
         };
-        let (fill, _joined) = self.blobs.fill(artifact.id, location, facts, relocate);
+        let (fill, joined) = self.blobs.fill(artifact.id, location, facts, relocate);
+        if joined {
+            // A client's download started it meanwhile: its bytes, not ours.
+            self.metrics.skipped(Skip::Present);
+            return;
+        }
         let mut state = fill.state();
         let outcome = state
             .wait_for(|s| s.outcome.is_some())
@@ -188,15 +196,6 @@ impl Fetcher {
                 self.metrics.errors.inc();
             }
         }
-    }
-
-    async fn get(
-        &self,
-        path: &str,
-        auth: &HeaderValue,
-        route: &'static str,
-    ) -> Option<Response<Body>> {
-        get(&self.upstream, path, auth, route).await
     }
 }
 
