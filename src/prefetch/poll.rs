@@ -7,9 +7,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
+use http::HeaderMap;
 use http::StatusCode;
 
 use super::credential::Credential;
@@ -73,20 +74,7 @@ impl Poller {
             self.metrics.errors.inc();
             return Duration::ZERO;
         };
-        let asked = ["x-poll-interval", "retry-after"]
-            .iter()
-            .filter_map(|h| {
-                response
-                    .headers()
-                    .get(*h)?
-                    .to_str()
-                    .ok()?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max()
-            .map_or(Duration::ZERO, Duration::from_secs);
+        let asked = asked_wait(response.headers(), SystemTime::now());
         match response.status() {
             StatusCode::NOT_MODIFIED => {}
             StatusCode::OK => {
@@ -121,6 +109,28 @@ impl Poller {
     }
 }
 
+/// How long GHES asks a poller to wait: the longest of `X-Poll-Interval`,
+/// `Retry-After` (seconds or an HTTP date) and, when the primary rate limit
+/// is spent (`X-RateLimit-Remaining: 0`), the time to `X-RateLimit-Reset`.
+fn asked_wait(headers: &HeaderMap, now: SystemTime) -> Duration {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let seconds = |name: &str| text(name)?.parse::<u64>().ok().map(Duration::from_secs);
+    let until = |t: SystemTime| t.duration_since(now).unwrap_or(Duration::ZERO);
+    let retry_after = seconds("retry-after").or_else(|| {
+        let date = httpdate::parse_http_date(text("retry-after")?).ok()?;
+        Some(until(date))
+    });
+    let reset = (text("x-ratelimit-remaining") == Some("0"))
+        .then(|| text("x-ratelimit-reset")?.parse::<u64>().ok())
+        .flatten()
+        .map(|t| until(UNIX_EPOCH + Duration::from_secs(t)));
+    [seconds("x-poll-interval"), retry_after, reset]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
 /// The ids of a runs list (`workflow_runs[].id`).
 fn run_ids(body: &[u8]) -> HashSet<u64> {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -135,10 +145,48 @@ fn run_ids(body: &[u8]) -> HashSet<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_wait_ghes_asks_for_wins() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let wait = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            asked_wait(&h, now).as_secs()
+        };
+        assert_eq!(wait(&[]), 0);
+        assert_eq!(wait(&[("x-poll-interval", "60")]), 60);
+        assert_eq!(
+            wait(&[("x-poll-interval", "60"), ("retry-after", "120")]),
+            120
+        );
+        let in_90s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(wait(&[("retry-after", &in_90s)]), 90);
+        let reset = (1_700_000_000u64 + 300).to_string();
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset)
+            ]),
+            300
+        );
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "7"),
+                ("x-ratelimit-reset", &reset)
+            ]),
+            0,
+            "a limit not spent asks for nothing"
+        );
+    }
+
     #[test]
     fn run_ids_reads_the_list() {
-        let ids = super::run_ids(br#"{"total_count":2,"workflow_runs":[{"id":5},{"id":7}]}"#);
+        let ids = run_ids(br#"{"total_count":2,"workflow_runs":[{"id":5},{"id":7}]}"#);
         assert_eq!(ids, [5, 7].into_iter().collect());
-        assert!(super::run_ids(b"nope").is_empty());
+        assert!(run_ids(b"nope").is_empty());
     }
 }
