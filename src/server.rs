@@ -28,7 +28,7 @@ use crate::config::Settings;
 use crate::credential::InstanceSecret;
 use crate::download::Downloads;
 use crate::index::{Index, IndexOpenError};
-use crate::meta::JsonCache;
+use crate::json_cache::JsonCache;
 use crate::metrics::Metrics;
 use crate::private;
 use crate::rewrite::PublicBase;
@@ -235,7 +235,7 @@ impl Server {
             self.housekeeping_every,
         ));
         let sampler = tokio::spawn(crate::status::sample_every_minute(Arc::downgrade(
-            &self.app,
+            self.app.shared_metrics(),
         )));
         tokio::pin!(shutdown);
         loop {

@@ -159,7 +159,7 @@ impl Fetcher {
             return;
         };
         let mut facts = artifact.facts;
-        facts.repo = Some(crate::meta::repo_id(&RepoRef::Named {
+        facts.repo = Some(crate::json_cache::repo_id(&RepoRef::Named {
             owner: job.owner.clone(),
             name: job.name.clone(),
         }));
