@@ -397,6 +397,45 @@ async fn webhook_answers_follow_githubs_rules() {
     );
 }
 
+/// Unsigned posts cannot make the mirror hold more than 8 bodies at once:
+/// past that a delivery gets 503 with `Retry-After`, and once they end the
+/// webhook answers again.
+#[tokio::test]
+async fn webhook_bodies_read_at_once_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let files = Files::new();
+    let h = webhook_mirror(&files, READER_TOKEN, |_| {}).await;
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut conn = tokio::net::TcpStream::connect(h.mirror)
+            .await
+            .expect("connect");
+        let head = "POST /_mirror/webhooks/github HTTP/1.1\r\nhost: m\r\n\
+                    x-github-event: ping\r\ncontent-length: 1000\r\n\r\n{";
+        conn.write_all(head.as_bytes()).await.expect("head sent");
+        stalled.push(conn);
+    }
+    let ping = Delivery::signed("p", "ping", "{}", SECRET);
+    let until = |want: StatusCode| {
+        let (h, ping) = (&h, &ping);
+        async move {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let r = deliver(h, ping).await;
+                if r.status == want {
+                    return r;
+                }
+                assert!(Instant::now() < deadline, "never {want}, last {}", r.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let busy = until(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    drop(stalled);
+    until(StatusCode::OK).await;
+}
+
 #[tokio::test]
 async fn without_a_webhook_secret_the_route_is_not_found() {
     let h = Harness::start().await;

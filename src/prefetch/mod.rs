@@ -138,7 +138,11 @@ impl Prefetch {
     /// `POST /_mirror/webhooks/github`; 404 without `webhook_secret_file`.
     pub async fn webhook(&self, request: Request<Body>) -> Result<Response<Body>, MirrorError> {
         match &self.receiver {
-            Some(receiver) => Ok(receiver.receive(request).await?),
+            Some(receiver) => match receiver.receive(request).await {
+                Ok(response) => Ok(response),
+                Err(webhook::WebhookError::Busy) => Err(MirrorError::Overloaded(1)),
+                Err(e) => Err(e.into()),
+            },
             None => Err(RouteError::NotFound.into()),
         }
     }

@@ -23,6 +23,12 @@ use crate::router::{parse_full_name, RepoRef};
 /// GitHub caps a delivery's payload at 25 MB.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
+/// Deliveries read at once. Bodies are read whole (the signature covers
+/// all of it) before anyone is authenticated, so this bounds what unsigned
+/// posts can make the mirror hold: 8 × 25 MB. GitHub sends a hook's
+/// deliveries one by one; a ninth at once gets 503 and `Retry-After`.
+const READING: usize = 8;
+
 /// Delivery ids remembered for the replay check. GitHub redelivers by hand
 /// or on failure, within minutes: a few thousand ids cover that window.
 const REMEMBERED: usize = 4096;
@@ -36,6 +42,8 @@ pub enum WebhookError {
     BadSignature,
     #[error("Webhook payload is not valid: {0}")]
     Malformed(String),
+    #[error("Too many webhook deliveries at once")]
+    Busy,
 }
 
 impl WebhookError {
@@ -44,6 +52,7 @@ impl WebhookError {
             WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::BadSignature => StatusCode::UNAUTHORIZED,
             WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -75,6 +84,7 @@ struct InstallationField {
 pub struct Receiver {
     secret: Vec<u8>,
     seen: Mutex<Seen>,
+    reading: tokio::sync::Semaphore,
     queue: Arc<Queue>,
     metrics: Arc<PrefetchMetrics>,
 }
@@ -108,12 +118,16 @@ impl Receiver {
         Receiver {
             secret,
             seen: Mutex::new(Seen::default()),
+            reading: tokio::sync::Semaphore::new(READING),
             queue,
             metrics,
         }
     }
 
     pub async fn receive(&self, request: Request<Body>) -> Result<Response<Body>, WebhookError> {
+        let Ok(_reading) = self.reading.try_acquire() else {
+            return Err(WebhookError::Busy);
+        };
         let outcome = self.check(request).await;
         let counted = match &outcome {
             Ok((delivery, _)) => *delivery,
