@@ -29,6 +29,10 @@ pub const MAX_BODY: usize = 25 * 1024 * 1024;
 /// deliveries one by one; a ninth at once gets 503 and `Retry-After`.
 const READING: usize = 8;
 
+/// Time a delivery's whole body may take: a sender that stalls must not
+/// hold one of the [`READING`] slots for longer.
+const BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Delivery ids remembered for the replay check. GitHub redelivers by hand
 /// or on failure, within minutes: a few thousand ids cover that window.
 const REMEMBERED: usize = 4096;
@@ -44,6 +48,8 @@ pub enum WebhookError {
     Malformed(String),
     #[error("Too many webhook deliveries at once")]
     Busy,
+    #[error("Webhook payload not received within {} s", BODY_TIME.as_secs())]
+    Slow,
 }
 
 impl WebhookError {
@@ -53,6 +59,7 @@ impl WebhookError {
             WebhookError::BadSignature => StatusCode::UNAUTHORIZED,
             WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
             WebhookError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Slow => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -154,7 +161,9 @@ impl Receiver {
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return Err(WebhookError::TooLarge);
         }
-        let body = read_body(body).await?;
+        let body = tokio::time::timeout(BODY_TIME, read_body(body))
+            .await
+            .map_err(|_| WebhookError::Slow)??;
         verify(&self.secret, &parts.headers, &body)?;
         let payload: Payload = serde_json::from_slice(&body)
             .map_err(|e| WebhookError::Malformed(format!("not JSON of a GitHub event: {e}")))?;
