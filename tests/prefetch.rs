@@ -562,6 +562,35 @@ async fn an_app_token_close_to_its_expiry_is_minted_again() {
     assert_eq!(h.sim.counters().app_tokens_minted, 2);
 }
 
+/// An externally rotated token: the file is read again when it changes.
+#[tokio::test]
+async fn a_rotated_token_file_is_used_from_the_next_run() {
+    let files = Files::new();
+    let h = webhook_mirror(&files, OUTSIDER_TOKEN, |_| {}).await;
+    let first = h
+        .sim
+        .complete_run(PRIVATE_REPO, 6751, &[("dist", 5000)])
+        .await;
+    assert_eq!(first.delivered, Some(Ok(202)));
+    until_metric(&h, "artifact_mirror_prefetch_errors_total", 1.0).await;
+    assert_eq!(
+        h.stored_files(),
+        0,
+        "the old token cannot read the repository"
+    );
+
+    files.put("token", format!("{READER_TOKEN}\n").as_bytes());
+    let second = h
+        .sim
+        .complete_run(PRIVATE_REPO, 6752, &[("dist", 6000)])
+        .await;
+    assert_eq!(second.delivered, Some(Ok(202)));
+    until_holds(&h, &[h.sim.zip_bytes(second.artifacts[0].id).unwrap()]).await;
+    let auths: Vec<String> = api_calls(&h).into_iter().map(|(_, a)| a).collect();
+    assert_eq!(auths.first(), Some(&format!("token {OUTSIDER_TOKEN}")));
+    assert_eq!(auths.last(), Some(&format!("token {READER_TOKEN}")));
+}
+
 #[tokio::test]
 async fn artifacts_over_prefetch_max_bytes_or_not_named_are_not_fetched() {
     let files = Files::new();
