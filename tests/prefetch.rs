@@ -496,8 +496,14 @@ async fn polling_finds_a_run_completed_after_the_baseline_with_304s_between() {
     assert!(polls.len() < 20, "{} polls", polls.len());
 }
 
-#[tokio::test]
-async fn an_app_token_is_minted_once_and_reused() {
+/// A mirror whose prefetch credential is GitHub App 4242 (installation 99
+/// in the sim's deliveries), installation tokens valid `token_lifetime`
+/// seconds; two runs complete one after the other. Answers the sim's
+/// counters after both runs' zips are stored.
+async fn two_runs_with_an_app(
+    token_lifetime: u64,
+    runs: [u64; 2],
+) -> (Harness, ghes_sim::Counters) {
     let files = Files::new();
     let key = files.put("app.pem", APP_PRIVATE_KEY_PEM);
     let secret = files.put("secret", SECRET.as_bytes());
@@ -508,10 +514,11 @@ async fn an_app_token_is_minted_once_and_reused() {
     })
     .await;
     h.sim.enable_github_app(4242, 99);
+    h.sim.set_app_token_lifetime(token_lifetime);
     h.sim.set_webhook(&hook_url(&h), SECRET);
     h.sim.reset_counters();
     let mut zips = Vec::new();
-    for run_id in [6601, 6602] {
+    for run_id in runs {
         let run = h
             .sim
             .complete_run(PRIVATE_REPO, run_id, &[("dist", 5000)])
@@ -520,7 +527,13 @@ async fn an_app_token_is_minted_once_and_reused() {
         zips.push(h.sim.zip_bytes(run.artifacts[0].id).unwrap());
         until_holds(&h, &zips).await;
     }
-    let c = h.sim.counters();
+    let counters = h.sim.counters();
+    (h, counters)
+}
+
+#[tokio::test]
+async fn an_app_token_is_minted_once_and_reused() {
+    let (h, c) = two_runs_with_an_app(3600, [6601, 6602]).await;
     assert_eq!((c.app_token_requests, c.app_tokens_minted), (1, 1), "{c:?}");
     let token = format!("token {APP_INSTALLATION_TOKEN}");
     for (path, auth) in api_calls(&h) {
@@ -536,30 +549,8 @@ async fn an_app_token_is_minted_once_and_reused() {
 /// next run mints a fresh one (a fill must not run into the token's end).
 #[tokio::test]
 async fn an_app_token_close_to_its_expiry_is_minted_again() {
-    let files = Files::new();
-    let key = files.put("app.pem", APP_PRIVATE_KEY_PEM);
-    let secret = files.put("secret", SECRET.as_bytes());
-    let h = Harness::start_with(|l| {
-        l.webhook_secret_file = Some(secret);
-        l.github_app_id = Some(4242);
-        l.github_app_key_file = Some(key);
-    })
-    .await;
-    h.sim.enable_github_app(4242, 99);
-    h.sim.set_app_token_lifetime(240);
-    h.sim.set_webhook(&hook_url(&h), SECRET);
-    h.sim.reset_counters();
-    let mut zips = Vec::new();
-    for run_id in [6651, 6652] {
-        let run = h
-            .sim
-            .complete_run(PRIVATE_REPO, run_id, &[("dist", 5000)])
-            .await;
-        assert_eq!(run.delivered, Some(Ok(202)));
-        zips.push(h.sim.zip_bytes(run.artifacts[0].id).unwrap());
-        until_holds(&h, &zips).await;
-    }
-    assert_eq!(h.sim.counters().app_tokens_minted, 2);
+    let (_h, c) = two_runs_with_an_app(240, [6651, 6652]).await;
+    assert_eq!((c.app_token_requests, c.app_tokens_minted), (2, 2), "{c:?}");
 }
 
 /// An externally rotated token: the file is read again when it changes.
