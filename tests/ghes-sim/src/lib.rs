@@ -7,7 +7,11 @@
 //! per-token ETags and 304s that cost no rate limit, `Link` pagination in the
 //! `/repositories/{id}` form, 404 (not 403) for private repositories,
 //! short-lived signed redirects to a host that rejects `Authorization`, Range
-//! requests, and injectable latency, failures and cut connections.
+//! requests, and injectable latency, failures and cut connections. For
+//! prefetch it also has completed workflow runs (a runs list with ETags and
+//! `X-Poll-Interval`), signed `workflow_run` webhook deliveries when a run
+//! completes ([`Sim::complete_run`]), and a GitHub App's installation-token
+//! endpoint that checks the App's RS256 JWT.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
