@@ -38,6 +38,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     status_page: StatusPage,
     blob_quota: u64,
+    prefetch: Option<crate::prefetch::Prefetch>,
 }
 
 impl App {
@@ -48,6 +49,7 @@ impl App {
         json: Arc<JsonCache>,
         downloads: Downloads,
         metrics: Arc<Metrics>,
+        prefetch: Option<crate::prefetch::Prefetch>,
     ) -> App {
         App {
             api_base: settings.api_base_path().to_owned(),
@@ -61,6 +63,7 @@ impl App {
             metrics,
             status_page: settings.status_page,
             blob_quota: settings.blob_quota_bytes,
+            prefetch,
         }
     }
 
@@ -192,6 +195,10 @@ impl App {
                 ref repo,
                 artifact_id,
             }) => Box::pin(self.downloads.download(repo, artifact_id, request, client)).await,
+            Route::Webhook => match &self.prefetch {
+                Some(prefetch) => Box::pin(prefetch.webhook(request)).await,
+                None => Err(RouteError::NotFound.into()),
+            },
             Route::Blob { artifact_id } => {
                 Box::pin(self.downloads.serve_blob(artifact_id, request)).await
             }

@@ -21,6 +21,7 @@ pub mod index;
 pub(crate) mod json_cache;
 pub(crate) mod metrics;
 pub(crate) mod outcome;
+pub(crate) mod prefetch;
 pub(crate) mod private;
 pub(crate) mod rewrite;
 pub(crate) mod router;

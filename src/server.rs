@@ -69,6 +69,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::ServerTlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("prefetch: {0}")]
+    Prefetch(#[from] crate::prefetch::PrefetchSetupError),
 }
 
 pub struct Server {
@@ -155,6 +157,13 @@ impl Server {
             index.clone(),
             blob_store.clone(),
         ));
+        let prefetch = crate::prefetch::Prefetch::start(
+            settings,
+            upstream.clone(),
+            blob_store.clone(),
+            metrics.prefetch().clone(),
+        )
+        .await?;
         let downloads = Downloads::new(
             settings,
             upstream.clone(),
@@ -181,7 +190,7 @@ impl Server {
             listener,
             tls,
             app: Arc::new(App::new(
-                settings, upstream, index, json, downloads, metrics,
+                settings, upstream, index, json, downloads, metrics, prefetch,
             )),
             max_header_bytes: settings.max_header_bytes,
             max_connections: settings.max_connections,
