@@ -12,11 +12,11 @@ use http::{Request, Response, StatusCode, Uri};
 use tokio::sync::Semaphore;
 
 use super::credential::Credential;
-use super::metrics::{PrefetchMetrics, Skip};
 use super::queue::RunJob;
 use crate::blob_store::{Available, BlobStore, FillState, Relocate};
 use crate::body::{self, Body};
 use crate::index::Facts;
+use crate::metrics::prefetch::{PrefetchMetrics, Skip};
 use crate::router::RepoRef;
 use crate::upstream::Upstream;
 

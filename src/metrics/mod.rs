@@ -5,6 +5,8 @@
 //! each must report exactly its own traffic. No label carries token-derived
 //! data: routes, cache outcomes, status classes and reasons only.
 
+pub(crate) mod prefetch;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -142,7 +144,7 @@ pub struct Metrics {
     /// `(unix second, totals)`, oldest first, one a minute.
     history: Mutex<VecDeque<(u64, Totals)>>,
     /// Webhook deliveries, prefetched runs and bytes, the prefetch queue.
-    prefetch: std::sync::Arc<crate::prefetch::PrefetchMetrics>,
+    prefetch: std::sync::Arc<prefetch::PrefetchMetrics>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -157,7 +159,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn prefetch(&self) -> &std::sync::Arc<crate::prefetch::PrefetchMetrics> {
+    pub fn prefetch(&self) -> &std::sync::Arc<prefetch::PrefetchMetrics> {
         &self.prefetch
     }
 
