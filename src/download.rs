@@ -8,7 +8,7 @@
 //! valid signature.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri};
@@ -302,7 +302,7 @@ impl Downloads {
     ) -> Response<Body> {
         let location = format!(
             "{origin}/_mirror/blobs/{artifact}?{}",
-            self.signer.query(artifact, SystemTime::now())
+            self.signer.query(artifact, crate::clock::now())
         );
         let mut response = match upstream {
             Some(r) => r.map(|_| body::empty()),
@@ -327,7 +327,7 @@ impl Downloads {
     ) -> Result<Response<Body>, MirrorError> {
         let (parts, _) = request.into_parts();
         self.signer
-            .verify(artifact, parts.uri.query(), SystemTime::now())
+            .verify(artifact, parts.uri.query(), crate::clock::now())
             .map_err(MirrorError::Signature)?;
         // A URL handed out before the artifact expired gets the 410 the
         // download endpoint now gives, not a "never fetched" 404.

@@ -11,6 +11,9 @@ pub(crate) mod blob_store;
 pub(crate) mod body;
 pub mod cli_docs;
 pub(crate) mod clock;
+/// Moves the mirror's wall clock forward: for tests only (see `clock`).
+#[doc(hidden)]
+pub use clock::advance as advance_clock;
 pub mod config;
 pub(crate) mod credential;
 pub(crate) mod download;

@@ -88,7 +88,7 @@ pub fn render(f: &Figures) -> String {
          <title>artifact-mirror status</title><style>{STYLE}</style></head><body>\
          <h1>artifact-mirror</h1><div class=\"muted\">version {} (commit {COMMIT}) · {} · {} view</div>",
         env!("CARGO_PKG_VERSION"),
-        httpdate::fmt_http_date(SystemTime::now()),
+        httpdate::fmt_http_date(crate::clock::now()),
         if detail { "detail" } else { "summary" },
     );
 

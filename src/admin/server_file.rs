@@ -9,7 +9,6 @@
 use std::io::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +32,7 @@ impl ServerFile {
         ServerFile {
             pid: std::process::id(),
             listen,
-            started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            started_at: humantime::format_rfc3339_seconds(crate::clock::now()).to_string(),
             tls,
         }
     }

@@ -187,10 +187,7 @@ impl Index {
 
     /// Writes and reads back a record: what `/readyz` means by "index open".
     pub fn check(&self) -> Result<(), IndexError> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .to_be_bytes();
+        let stamp = crate::clock::now_secs().to_be_bytes();
         self.db.insert(PROBE_KEY, &stamp)?;
         match self.db.get(PROBE_KEY)? {
             Some(v) if v.as_ref() == stamp => Ok(()),

@@ -16,7 +16,7 @@ mod key;
 mod tiers;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -342,7 +342,7 @@ impl JsonCache {
         let cached = self.store.get(&key).await;
         if self.mode == Revalidate::WhenStale {
             if let Some(entry) = &cached {
-                if entry.is_fresh(&parts.headers, SystemTime::now()) {
+                if entry.is_fresh(&parts.headers, crate::clock::now()) {
                     return Answer::Fresh(entry.clone());
                 }
             }
@@ -414,7 +414,7 @@ impl JsonCache {
             Err(e) => return self.on_failure(cached, Buffered::error(&e)),
         };
         let status = response.status();
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         match (status, cached) {
             (StatusCode::NOT_MODIFIED, Some(entry)) => {
                 let (parts, _) = response.into_parts();
@@ -531,7 +531,7 @@ impl JsonCache {
         match cached {
             Some(entry)
                 if limit > 0
-                    && unix_ms(SystemTime::now()).saturating_sub(entry.validated_at) <= limit =>
+                    && unix_ms(crate::clock::now()).saturating_sub(entry.validated_at) <= limit =>
             {
                 Outcome::Entry {
                     entry,

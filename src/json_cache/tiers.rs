@@ -3,9 +3,9 @@
 //! recently validated out first).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::clock::{millis, unix_ms};
+use crate::clock::millis;
 use crate::index::{Index, JsonMeta};
 
 use super::entry::{Entry, PERSIST_EVERY};
@@ -34,7 +34,7 @@ pub(super) enum Persist {
 
 impl Store {
     pub(super) async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
-        let oldest = unix_ms(SystemTime::now()).saturating_sub(millis(self.max_age));
+        let oldest = crate::clock::now_ms().saturating_sub(millis(self.max_age));
         if let Some(entry) = self.hot.get(key).await {
             if entry.validated_at >= oldest {
                 return Some(entry);
@@ -89,7 +89,7 @@ impl Store {
         if persist == Persist::No {
             return; // Nothing added to disk: nothing to evict.
         }
-        let oldest = unix_ms(SystemTime::now()).saturating_sub(millis(self.max_age));
+        let oldest = crate::clock::now_ms().saturating_sub(millis(self.max_age));
         match self.index.json().evict(self.disk_bytes, oldest) {
             Ok(dropped) => {
                 for key in dropped {

@@ -5,7 +5,6 @@
 //! still needs GHES's own yes before it gets a byte.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -80,9 +79,7 @@ impl Fetcher {
     /// The run's artifacts worth fetching; `None` when GHES would not list
     /// them (logged).
     async fn list(&self, job: &RunJob, auth: &HeaderValue) -> Option<Vec<Wanted>> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::clock::now_secs();
         let mut wanted = Vec::new();
         let mut seen = 0u64;
         for page in 1..=MAX_PAGES {

@@ -74,7 +74,7 @@ impl Poller {
             self.metrics.errors.inc();
             return Duration::ZERO;
         };
-        let asked = asked_wait(response.headers(), SystemTime::now());
+        let asked = asked_wait(response.headers(), crate::clock::now());
         match response.status() {
             StatusCode::NOT_MODIFIED => {}
             StatusCode::OK => {
