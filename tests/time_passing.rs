@@ -1,0 +1,149 @@
+//! What changes as wall time passes, with the mirror's clock advanced
+//! instead of slept through: a fresh JSON entry goes stale, a young grant
+//! ends `max_fresh` after upstream last said yes.
+//!
+//! The clock is one per process, so these tests live in their own binary
+//! and take turns ([`TURN`]): one advancing it would disturb the other.
+
+mod common;
+
+use std::time::Duration;
+
+use artifact_mirror::advance_clock;
+use artifact_mirror::config::{Layer, Revalidate, Span};
+use common::{get, Harness, Reply};
+use ghes_sim::fixtures::{PRIVATE_REPO, PUBLIC_REPO, READER_TOKEN};
+use ghes_sim::NewArtifact;
+use http::StatusCode;
+use tokio::sync::Mutex;
+
+/// Held for a whole test: the clock it advances is the process's.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+/// Under the simulator's `max-age=60`, so `max_fresh` is the limit that
+/// decides, and wide enough that the real seconds a test takes on a loaded
+/// machine do not matter beside the halves the clock is advanced by: the
+/// clock, not the machine, decides on which side of it a request falls.
+const MAX_FRESH: Duration = Duration::from_secs(30);
+
+fn when_stale(l: &mut Layer) {
+    l.revalidate = Some(Revalidate::WhenStale);
+    l.max_fresh = Some(Span(MAX_FRESH));
+}
+
+fn x_cache(r: &Reply) -> &str {
+    r.header("x-cache").unwrap_or("(none)")
+}
+
+fn total_count(r: &Reply) -> u64 {
+    r.json()["total_count"].as_u64().expect("total_count")
+}
+
+fn artifact(repo: &str, run_id: u64, name: &str, payload_bytes: usize) -> NewArtifact {
+    NewArtifact {
+        repo: repo.into(),
+        run_id,
+        name: name.into(),
+        payload_bytes,
+        with_digest: true,
+        expired: false,
+    }
+}
+
+/// The zip bytes a download through the mirror yields, or its non-302 answer.
+async fn zip_via_mirror(h: &Harness, path: &str, token: Option<&str>) -> Result<Reply, Reply> {
+    let first = get(&h.url(path), token).await;
+    if first.status != StatusCode::FOUND {
+        return Err(first);
+    }
+    let location = first.header("location").expect("location").to_owned();
+    Ok(get(&location, None).await)
+}
+
+#[tokio::test]
+async fn when_stale_mode_answers_fresh_entries_without_upstream() {
+    let _turn = TURN.lock().await;
+    let h = Harness::start_with(when_stale).await;
+    let url = h.url(&format!(
+        "/repos/{PUBLIC_REPO}/actions/artifacts?per_page=3"
+    ));
+    let first = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&first), "MISS");
+    for _ in 0..5 {
+        let r = get(&url, Some(READER_TOKEN)).await;
+        assert_eq!(x_cache(&r), "HIT");
+        assert_eq!(r.body, first.body);
+    }
+    assert_eq!(h.sim.counters().list_repo, 1, "fresh hits stay local");
+
+    // An upload now is not seen until the entry is stale...
+    h.sim
+        .add_artifact(artifact(PUBLIC_REPO, 5002, "late-upload", 100));
+    advance_clock(MAX_FRESH / 2);
+    let r = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(total_count(&r), total_count(&first));
+    // ... and is past max_fresh: upstream answers 200 with the new list.
+    advance_clock(MAX_FRESH / 2 + Duration::from_secs(1));
+    let r = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(total_count(&r), total_count(&first) + 1);
+    // Stale again later, nothing changed: a free 304.
+    advance_clock(MAX_FRESH + Duration::from_secs(1));
+    let r = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&r), "REVALIDATED");
+    let c = h.sim.counters();
+    assert_eq!((c.list_repo, c.not_modified), (3, 1));
+}
+
+/// `revalidate = "when-stale"` lets a young grant skip upstream, but only
+/// for `max_fresh` after upstream last said yes. A young grant used again
+/// must not count as a new "yes": a client downloading more often than
+/// `max_fresh` would otherwise keep access forever after upstream revoked it.
+#[tokio::test]
+async fn a_young_grant_ends_max_fresh_after_upstream_last_said_yes() {
+    let _turn = TURN.lock().await;
+    let h = Harness::start_with(when_stale).await;
+    let art = h
+        .sim
+        .add_artifact(artifact(PRIVATE_REPO, 9001, "confidential", 20_000));
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+
+    let first = zip_via_mirror(&h, &path, Some(READER_TOKEN))
+        .await
+        .expect("upstream allows the reader");
+    assert_eq!(first.body, zip);
+    h.until_stored(1).await;
+
+    // The reader is removed from the team: upstream now answers 404.
+    h.sim.knobs().revoke_private_access(READER_TOKEN);
+    let direct = get(&h.direct_url(&path), Some(READER_TOKEN)).await;
+    assert_eq!(direct.status, StatusCode::NOT_FOUND, "upstream revoked it");
+
+    // Halfway through max_fresh the young grant answers without upstream...
+    let asked = h.sim.counters().api_requests;
+    advance_clock(MAX_FRESH / 2);
+    let young = zip_via_mirror(&h, &path, Some(READER_TOKEN))
+        .await
+        .expect("a young grant answers from the store");
+    assert_eq!(young.body, zip);
+    assert_eq!(
+        h.sim.counters().api_requests,
+        asked,
+        "upstream was not asked"
+    );
+
+    // ...but that use was no new "yes": past max_fresh since the last one,
+    // only upstream's 404 comes back.
+    advance_clock(MAX_FRESH / 2 + Duration::from_secs(1));
+    match zip_via_mirror(&h, &path, Some(READER_TOKEN)).await {
+        Ok(blob) => panic!(
+            "past max_fresh after upstream last said yes, a revoked credential still got \
+             the zip ({} bytes, status {})",
+            blob.body.len(),
+            blob.status
+        ),
+        Err(denied) => assert_eq!(denied.status, StatusCode::NOT_FOUND),
+    }
+}
