@@ -13,6 +13,7 @@ use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
 use crate::blobs::Swept;
 use crate::body::{Body, BoxError};
 use crate::config::{Settings, StatusPage};
+use crate::credential::{ConnCredential, CredentialId, InstanceSecret};
 use crate::download::Downloads;
 use crate::error::MirrorError;
 use crate::health;
@@ -37,6 +38,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     status_page: StatusPage,
     blob_quota: u64,
+    secret: InstanceSecret,
 }
 
 impl App {
@@ -47,6 +49,7 @@ impl App {
         json: Arc<JsonCache>,
         downloads: Downloads,
         metrics: Arc<Metrics>,
+        secret: InstanceSecret,
     ) -> App {
         App {
             api_base: settings.api_base_path().to_owned(),
@@ -60,7 +63,13 @@ impl App {
             metrics,
             status_page: settings.status_page,
             blob_quota: settings.blob_quota_bytes,
+            secret,
         }
+    }
+
+    /// The credential of a request on the connection that `held` belongs to.
+    pub fn credential(&self, held: &ConnCredential, headers: &http::HeaderMap) -> CredentialId {
+        held.of(&self.secret, headers)
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -38,7 +38,6 @@ pub struct Downloads {
     json: Arc<JsonCache>,
     blobs: Arc<BlobStore>,
     index: Index,
-    secret: InstanceSecret,
     signer: Signer,
     public: PublicBase,
     api_base: String,
@@ -74,12 +73,11 @@ impl Downloads {
         public: PublicBase,
     ) -> Downloads {
         Downloads {
-            signer: Signer::new(secret.clone(), settings.blob_url_ttl.0),
+            signer: Signer::new(secret, settings.blob_url_ttl.0),
             upstream,
             json,
             blobs,
             index,
-            secret,
             public,
             api_base: settings.api_base_path().to_owned(),
             mode: settings.revalidate,
@@ -107,7 +105,7 @@ impl Downloads {
             .strip_suffix(&self.api_base)
             .unwrap_or(&public)
             .to_owned();
-        let credential = self.secret.credential(&parts.headers);
+        let credential = client.credential;
         let now = now_ms();
 
         let granted = self

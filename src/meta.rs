@@ -24,7 +24,7 @@ use crate::blobs::{BlobStore, Facts};
 use crate::body::{self, Body};
 use crate::clock::{millis, now_secs, unix_ms};
 use crate::config::{Revalidate, Settings};
-use crate::credential::{CredentialId, InstanceSecret};
+use crate::credential::CredentialId;
 use crate::error::MirrorError;
 use crate::flight::Flights;
 use crate::index::Index;
@@ -603,7 +603,6 @@ impl Store {
 
 pub struct JsonCache {
     upstream: Upstream,
-    secret: InstanceSecret,
     store: Store,
     /// Told when JSON shows an artifact expired (see `learn_from_body`).
     blobs: Arc<BlobStore>,
@@ -619,7 +618,6 @@ impl JsonCache {
     pub fn new(
         settings: &Settings,
         upstream: Upstream,
-        secret: InstanceSecret,
         index: Index,
         blobs: Arc<BlobStore>,
     ) -> JsonCache {
@@ -640,7 +638,6 @@ impl JsonCache {
         };
         JsonCache {
             upstream,
-            secret,
             blobs,
             store: Store {
                 hot,
@@ -696,7 +693,7 @@ impl JsonCache {
         let public = self
             .public
             .resolve(&parts.headers, parts.uri.authority(), client.tls)?;
-        let credential = self.secret.credential(&parts.headers);
+        let credential = client.credential;
         let key = Key::new(route, credential, &parts, &public);
         let cached = self.store.get(&key).await;
         if self.mode == Revalidate::WhenStale {
