@@ -102,7 +102,7 @@ pub enum AdminError {
     #[error(transparent)]
     IndexOpen(#[from] IndexOpenError),
     #[error("index: {0}")]
-    Index(#[from] sled::Error),
+    Index(#[from] crate::index::IndexError),
     #[error(transparent)]
     Repair(#[from] RepairError),
     #[error("blob store: {0}")]
@@ -264,8 +264,8 @@ fn gc(settings: &Settings) -> Result<String, AdminError> {
     let before = store.stored_bytes();
     let swept = store.housekeep();
     let oldest = now_ms().saturating_sub(millis(settings.json_max_age.0));
-    let json_before = index.json_bytes();
-    let dropped = index.json_evict(settings.json_disk_bytes, oldest)?;
+    let json_before = index.json().bytes();
+    let dropped = index.json().evict(settings.json_disk_bytes, oldest)?;
     index.flush_now()?;
     let blobs = format!(
         "  blobs: {} expired and {} least recently used past the quota of {} bytes removed; \
@@ -281,7 +281,7 @@ fn gc(settings: &Settings) -> Result<String, AdminError> {
         dropped.len(),
         settings.json_max_age,
         settings.json_disk_bytes,
-        index.json_bytes(),
+        index.json().bytes(),
     );
     let index_records = format!(
         "  index: facts of {} expired artifacts and grants of {} artifacts without a stored blob removed\n",

@@ -18,7 +18,7 @@ use crate::download::Downloads;
 use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
-use crate::meta::JsonCache;
+use crate::json_cache::JsonCache;
 use crate::metrics::{self, CacheOutcome, Eviction, Metrics};
 use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{self, ArtifactRoute, Route, RouteError};
@@ -73,6 +73,10 @@ impl App {
     }
 
     pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn shared_metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -146,6 +150,8 @@ impl App {
             Route::Metrics => {
                 let format =
                     metrics::Format::negotiate(request.headers().get(http::header::ACCEPT));
+                self.metrics
+                    .log_dropped_lines(crate::access_log::dropped_lines());
                 let text = self.metrics.render(self.downloads.blobs().live(), format);
                 let mut response = Response::new(crate::body::full(Bytes::from(text)));
                 response.headers_mut().insert(

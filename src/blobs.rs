@@ -1,4 +1,4 @@
-//! The zip store: content-addressed files under `blobs/sha256/`, their sled
+//! The zip store: content-addressed files under `blobs/sha256/`, their index
 //! records, and the single fill per artifact that brings a zip from the
 //! blob storage upstream redirects to.
 //!
@@ -22,15 +22,17 @@ use bytes::Bytes;
 use http::header;
 use http::{StatusCode, Uri};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::access::Access;
 use crate::body::BoxError;
 use crate::clock::{now_ms, now_secs};
 use crate::credential::hex;
-use crate::index::Index;
+pub use crate::error::FillError;
+pub use crate::index::{BlobRecord, Facts};
+use crate::index::{Index, IndexError};
 use crate::metrics::{Eviction, Live, Metrics};
 use crate::upstream::BlobFetcher;
 
@@ -38,81 +40,6 @@ use crate::upstream::BlobFetcher;
 const ATTEMPTS: u32 = 5;
 /// Bytes per frame sent to clients.
 const CHUNK: usize = 256 * 1024;
-
-/// What is known of an artifact from any cached JSON (the same for every
-/// credential), so a cold fill needs no API call of its own.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Facts {
-    pub name: Option<String>,
-    pub size: Option<u64>,
-    /// Lower-case hex sha256 (`digest` without its `sha256:` prefix).
-    pub sha256: Option<String>,
-    /// Unix seconds.
-    pub expires_at: Option<u64>,
-    /// GitHub's `"expired": true`: upstream may expire an artifact before
-    /// its `expires_at` (and says so only here and with a 410).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub expired: bool,
-    /// The repository it was seen under, as the JSON cache keys it
-    /// (`n:owner/name` or `i:id`), so `cache purge --repo` can find it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repo: Option<String>,
-}
-
-impl Facts {
-    /// Reads the fields of one artifact object of GitHub's JSON.
-    pub fn from_artifact(artifact: &serde_json::Value) -> Option<(u64, Facts)> {
-        let id = artifact.get("id")?.as_u64()?;
-        let sha256 = artifact
-            .get("digest")
-            .and_then(|d| d.as_str())
-            .and_then(|d| d.strip_prefix("sha256:"))
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_ascii_lowercase);
-        let expires_at = artifact
-            .get("expires_at")
-            .and_then(|d| d.as_str())
-            .and_then(|d| {
-                time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .and_then(|t| u64::try_from(t.unix_timestamp()).ok());
-        Some((
-            id,
-            Facts {
-                name: artifact
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .map(str::to_owned),
-                size: artifact.get("size_in_bytes").and_then(|s| s.as_u64()),
-                sha256,
-                expires_at,
-                expired: artifact.get("expired").and_then(|e| e.as_bool()) == Some(true),
-                repo: None,
-            },
-        ))
-    }
-
-    /// Expired by upstream's word or by its `expires_at` (Unix seconds
-    /// `now`): no credential may have its zip any more (DESIGN rule 1).
-    pub fn is_expired(&self, now: u64) -> bool {
-        self.expired || self.expires_at.is_some_and(|t| t <= now)
-    }
-}
-
-/// A stored zip.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BlobRecord {
-    pub sha256: String,
-    pub size: u64,
-    pub name: String,
-    pub expires_at: Option<u64>,
-    /// Unix seconds.
-    pub stored_at: u64,
-    /// The repository of the download that stored it (`n:owner/name` or
-    /// `i:id`); absent in records written before it was kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repo: Option<String>,
-}
 
 /// What [`BlobStore::housekeep`] dropped, by artifact.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,52 +57,6 @@ pub struct Swept {
 impl Swept {
     pub fn is_empty(&self) -> bool {
         self == &Swept::default()
-    }
-}
-
-/// Why a fill ended without a blob. The log line gets the whole text
-/// (local paths included, for the operator); what a client is told is
-/// decided in [`crate::error`], and names no local path.
-#[derive(Debug, thiserror::Error)]
-pub enum FillError {
-    #[error("the blob store answered {0}")]
-    UpstreamStatus(StatusCode),
-    /// An expired or refused signed URL, and no fresh one to be had.
-    #[error("the blob store answered {0}; no fresh location")]
-    NoFreshLocation(StatusCode),
-    /// The fetcher's text: the blob host and path, never the signed query.
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("the blob store's answer is unusable: {0}")]
-    BadAnswer(String),
-    #[error("the transfer was cut: {0}")]
-    Cut(String),
-    #[error("size mismatch: expected {expected} bytes, the blob store has {got}")]
-    SizeMismatch { expected: u64, got: u64 },
-    #[error("digest mismatch: expected sha256:{expected}, got sha256:{got}")]
-    DigestMismatch { expected: String, got: String },
-    /// The local disk failed; `op` says at what.
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the blob was not recorded: {0}")]
-    Index(String),
-    #[error("gave up after {attempts} attempts: {last}")]
-    GaveUp { attempts: u32, last: Box<FillError> },
-    #[error("the blob store did not answer")]
-    NoAnswer,
-    #[error("the fill stopped")]
-    Stopped,
-}
-
-impl FillError {
-    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FillError {
-        let path = path.to_owned();
-        move |source| FillError::Io { op, path, source }
     }
 }
 
@@ -306,6 +187,8 @@ pub struct StoreLimits {
 pub struct BlobStore {
     dir: PathBuf,
     index: Index,
+    /// Grants end with their artifact's blob.
+    access: Access,
     fetcher: BlobFetcher,
     quota: u64,
     max_blob: u64,
@@ -337,6 +220,7 @@ impl BlobStore {
         crate::private::create_dir_all(&data_dir.join("blobs").join("sha256"))?;
         let store = BlobStore {
             dir: data_dir.to_owned(),
+            access: Access::ending(&index),
             index,
             fetcher,
             quota: limits.quota,
@@ -402,12 +286,13 @@ impl BlobStore {
     }
 
     /// Every readable blob record.
-    pub fn records(&self) -> Result<Vec<(u64, BlobRecord)>, sled::Error> {
+    pub fn records(&self) -> Result<Vec<(u64, BlobRecord)>, IndexError> {
         Ok(self
             .index
-            .blob_records()?
+            .blobs()
+            .records()?
             .into_iter()
-            .filter_map(|(id, v)| Some((id, serde_json::from_slice(&v).ok()?)))
+            .filter_map(|(id, r)| Some((id, r.ok()?)))
             .collect())
     }
 
@@ -435,8 +320,8 @@ impl BlobStore {
                 return Some(Available::Filling(fill.clone()));
             }
         }
-        let record: BlobRecord = match self.index.blob_get(artifact) {
-            Ok(Some(v)) => serde_json::from_slice(&v).ok()?,
+        let record = match self.index.blobs().get(artifact) {
+            Ok(Some(record)) => record,
             Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "blob record unreadable");
@@ -454,10 +339,8 @@ impl BlobStore {
     /// Whether any JSON of the artifact showed it expired (see
     /// [`Facts::is_expired`]).
     pub fn is_expired(&self, artifact: u64) -> bool {
-        match self.index.facts_get(artifact) {
-            Ok(Some(v)) => {
-                serde_json::from_slice::<Facts>(&v).is_ok_and(|f| f.is_expired(now_secs()))
-            }
+        match self.index.facts().get(artifact) {
+            Ok(Some(facts)) => facts.is_expired(now_secs()),
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "artifact facts unreadable");
@@ -490,7 +373,7 @@ impl BlobStore {
     /// are served, not on every lookup: a download is a route lookup plus a
     /// blob request, and only one index write is needed for it.
     pub fn touch(&self, artifact: u64) {
-        if let Err(e) = self.index.blob_touch(artifact, now_ms()) {
+        if let Err(e) = self.index.blobs().touch(artifact, now_ms()) {
             tracing::warn!(error = %e, "blob access time not recorded");
         }
     }
@@ -499,15 +382,14 @@ impl BlobStore {
     /// when no other artifact shares its content. Returns whether a blob
     /// was stored.
     pub fn remove(&self, artifact: u64, reason: Eviction) -> bool {
-        let removed = match self.index.blob_remove(artifact) {
-            Ok(Some(v)) => serde_json::from_slice::<BlobRecord>(&v).ok(),
-            Ok(None) => None,
+        let removed = match self.index.blobs().remove(artifact) {
+            Ok(removed) => removed,
             Err(e) => {
                 tracing::warn!(error = %e, "blob record not removed");
                 None
             }
         };
-        if let Err(e) = self.index.grants_remove_artifact(artifact) {
+        if let Err(e) = self.access.end(artifact) {
             tracing::warn!(error = %e, "grants not removed");
         }
         let Some(record) = removed else {
@@ -548,10 +430,8 @@ impl BlobStore {
     /// the file's artifacts, so only those records are read; without a
     /// readable sidecar naming `artifact`, every record is (O(n)).
     fn shared(&self, path: &Path, artifact: u64, sha256: &str) -> bool {
-        let names_same = |id: u64| match self.index.blob_get(id) {
-            Ok(Some(v)) => {
-                serde_json::from_slice::<BlobRecord>(&v).map_or(true, |r| r.sha256 == sha256)
-            }
+        let names_same = |id: u64| match self.index.blobs().get(id) {
+            Ok(Some(r)) => r.sha256 == sha256,
             Ok(None) => false,
             Err(_) => true,
         };
@@ -884,9 +764,9 @@ impl BlobStore {
         if let Err(e) = sidecar {
             tracing::warn!(artifact, error = %e, "blob sidecar not written");
         }
-        let encoded = serde_json::to_vec(&record).map_err(|e| FillError::Index(e.to_string()))?;
         self.index
-            .blob_put(artifact, &encoded, now_ms())
+            .blobs()
+            .put(artifact, &record, now_ms())
             .map_err(|e| FillError::Index(e.to_string()))?;
         self.stored_bytes.fetch_add(record.size, Ordering::Relaxed);
         self.stored_blobs.fetch_add(1, Ordering::Relaxed);
@@ -917,12 +797,10 @@ impl BlobStore {
     /// moment: the cost is one API call, never a wrong answer.
     fn sweep_index(&self, swept: &mut Swept) {
         let now = now_secs();
-        let expired = self.index.facts_remove_where(|v| {
-            serde_json::from_slice::<Facts>(v)
-                .ok()
-                .and_then(|f| f.expires_at)
-                .is_some_and(|t| t <= now)
-        });
+        let expired = self
+            .index
+            .facts()
+            .remove_where(|f| f.expires_at.is_some_and(|t| t <= now));
         match expired {
             Ok(ids) => {
                 for &id in &ids {
@@ -934,7 +812,7 @@ impl BlobStore {
             }
             Err(e) => tracing::warn!(error = %e, "expired facts not swept"),
         }
-        let granted = match self.index.granted_artifacts() {
+        let granted = match self.access.granted_artifacts() {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "grants not swept");
@@ -943,8 +821,8 @@ impl BlobStore {
         };
         for id in granted {
             let unused =
-                matches!(self.index.blob_get(id), Ok(None)) && !self.lock().contains_key(&id);
-            if unused && self.index.grants_remove_artifact(id).is_ok() {
+                matches!(self.index.blobs().get(id), Ok(None)) && !self.lock().contains_key(&id);
+            if unused && self.access.end(id).is_ok() {
                 swept.grants.push(id);
             }
         }
@@ -968,7 +846,7 @@ impl BlobStore {
             if self.stored_bytes() <= self.quota {
                 break;
             }
-            match self.index.blob_least_recent() {
+            match self.index.blobs().least_recent() {
                 Ok(Some(id)) => {
                     tracing::info!(artifact = id, "blob evicted (quota)");
                     self.remove(id, Eviction::Quota);
@@ -1194,40 +1072,6 @@ impl HttpBody for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn facts_come_from_github_json() {
-        let v = serde_json::json!({
-            "id": 7, "name": "dist", "size_in_bytes": 12,
-            "digest": "sha256:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
-            "expires_at": "2027-02-22T00:15:31Z"
-        });
-        let (id, f) = Facts::from_artifact(&v).unwrap();
-        assert_eq!(id, 7);
-        assert_eq!(f.name.as_deref(), Some("dist"));
-        assert_eq!(f.size, Some(12));
-        assert_eq!(f.sha256.as_deref().map(str::len), Some(64));
-        assert!(!f.expired && !f.is_expired(1_803_255_330));
-        assert!(f.is_expired(1_803_255_331));
-        assert!(f.sha256.unwrap().starts_with("abcdef"));
-        assert_eq!(f.expires_at, Some(1_803_255_331));
-        let (_, bare) = Facts::from_artifact(&serde_json::json!({"id": 1})).unwrap();
-        assert_eq!(bare, Facts::default());
-        assert!(!bare.is_expired(u64::MAX));
-    }
-
-    /// GitHub may expire an artifact before its `expires_at`: the flag alone
-    /// ends it, and survives the trip through the facts table.
-    #[test]
-    fn expired_flag_alone_makes_facts_expired() {
-        let v = serde_json::json!({
-            "id": 7, "expired": true, "expires_at": "2999-01-01T00:00:00Z"
-        });
-        let (_, f) = Facts::from_artifact(&v).unwrap();
-        assert!(f.expired && f.is_expired(0));
-        let stored: Facts = serde_json::from_slice(&serde_json::to_vec(&f).unwrap()).unwrap();
-        assert!(stored.is_expired(0));
-    }
 
     #[test]
     fn range_and_disposition_headers_parse() {

@@ -371,7 +371,7 @@ impl Settings {
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
-                crate::server::tls_config(cert, key)
+                crate::tls::server_config(cert, key)
                     .map_err(|e| ConfigError::invalid("tls_cert", e.to_string()))?;
             }
             (Some(_), None) => {
@@ -389,7 +389,7 @@ impl Settings {
             (None, None) => {}
         }
         if let Some(path) = &self.ca_file {
-            crate::upstream::read_ca_file(path)
+            crate::tls::read_ca_file(path)
                 .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
         }
         Ok(())

@@ -15,18 +15,18 @@ use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::access_log::UpstreamStatus;
+use crate::access::{Access, Standing};
 use crate::blobs::{self, Available, BlobStore, Facts, FillError, Relocate, Source};
 use crate::body::{self, Body};
-use crate::clock::{millis, now_ms};
-use crate::config::{Revalidate, Settings};
+use crate::clock::now_ms;
+use crate::config::Settings;
 use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
 use crate::index::Index;
-use crate::meta::{FromStaleEntry, JsonCache, X_CACHE};
+use crate::json_cache::{JsonCache, Verdict, X_CACHE};
 use crate::metrics::{CacheOutcome, Eviction};
 use crate::rewrite::PublicBase;
-use crate::router::{ArtifactRoute, RepoRef};
+use crate::router::RepoRef;
 use crate::signing::Signer;
 use crate::upstream::{ClientInfo, Upstream};
 
@@ -37,12 +37,12 @@ pub struct Downloads {
     upstream: Upstream,
     json: Arc<JsonCache>,
     blobs: Arc<BlobStore>,
+    /// Facts, for a cold fill.
     index: Index,
+    access: Access,
     signer: Signer,
     public: PublicBase,
     api_base: String,
-    mode: Revalidate,
-    max_fresh: Duration,
 }
 
 /// What renewing a grant said.
@@ -77,11 +77,10 @@ impl Downloads {
             upstream,
             json,
             blobs,
+            access: Access::new(&index, settings),
             index,
             public,
             api_base: settings.api_base_path().to_owned(),
-            mode: settings.revalidate,
-            max_fresh: settings.max_fresh.0,
         }
     }
 
@@ -108,20 +107,15 @@ impl Downloads {
         let credential = client.credential;
         let now = now_ms();
 
-        let granted = self
-            .index
-            .grant_get(artifact, credential.as_bytes())
-            .unwrap_or(None);
-        if let Some(granted_at) = granted {
-            let young = self.mode == Revalidate::WhenStale
-                && now.saturating_sub(granted_at) < millis(self.max_fresh);
-            let renewal = if young {
+        let standing = self.access.standing(artifact, credential, now);
+        if standing != Standing::Unknown {
+            let renewal = if standing == Standing::Young {
                 Renewal::Allowed {
                     outcome: CacheOutcome::Hit,
                     confirmed: false,
                 }
             } else {
-                self.renew(repo, artifact, &parts, client).await?
+                self.renew(repo, artifact, &parts, &public, client).await?
             };
             match renewal {
                 Renewal::Allowed {
@@ -129,12 +123,8 @@ impl Downloads {
                     confirmed,
                 } => {
                     self.refuse_if_expired(artifact).await?;
-                    // The grant's time is when upstream last said yes: a
-                    // young grant (or a fresh cached answer) used again must
-                    // not make itself younger, or a client downloading more
-                    // often than `max_fresh` would never be asked about again.
                     if confirmed {
-                        self.grant(artifact, credential.as_bytes(), now);
+                        self.access.allow(artifact, credential, now);
                     }
                     let status = match self.blobs.lookup(artifact) {
                         Some(Available::Stored(..)) => Some("HIT"),
@@ -150,9 +140,7 @@ impl Downloads {
                     // Location is needed, from the download endpoint.
                 }
                 Renewal::Denied(response) => {
-                    if let Err(e) = self.index.grant_remove(artifact, credential.as_bytes()) {
-                        tracing::warn!(error = %e, "grant not removed");
-                    }
+                    self.access.deny(artifact, credential);
                     return Ok(response);
                 }
                 Renewal::Failed(response) => return Ok(response),
@@ -182,13 +170,13 @@ impl Downloads {
                         )
                     })?;
                 self.refuse_if_expired(artifact).await?;
-                self.grant(artifact, credential.as_bytes(), now);
+                self.access.allow(artifact, credential, now);
                 let status = match self.blobs.lookup(artifact) {
                     Some(Available::Stored(..)) => "HIT",
                     Some(Available::Filling(_)) => "COALESCED",
                     Some(Available::Failed(_)) | None => {
                         let mut facts = self.facts(artifact);
-                        facts.repo = Some(crate::meta::repo_id(repo));
+                        facts.repo = Some(crate::json_cache::repo_id(repo));
                         let relocate = self.relocator(path, authorization, client);
                         let (_, joined) = self.blobs.fill(artifact, location, facts, relocate);
                         if joined {
@@ -210,90 +198,38 @@ impl Downloads {
         }
     }
 
-    /// A conditional GET of the artifact's metadata with this credential,
-    /// through the JSON cache: its own ETag makes it a free 304.
+    /// Renews a grant with the JSON cache's typed revalidation of the
+    /// artifact's metadata (free when it is a 304).
     async fn renew(
         &self,
         repo: &RepoRef,
         artifact: u64,
         download: &request::Parts,
+        public: &str,
         client: ClientInfo,
     ) -> Result<Renewal, MirrorError> {
-        let path = match repo {
-            RepoRef::Named { owner, name } => {
-                format!(
-                    "{}/repos/{owner}/{name}/actions/artifacts/{artifact}",
-                    self.api_base
-                )
-            }
-            RepoRef::Id(id) => {
-                format!(
-                    "{}/repositories/{id}/actions/artifacts/{artifact}",
-                    self.api_base
-                )
-            }
-        };
-        let mut parts = download.clone();
-        parts.method = Method::GET;
-        // Keep the client's scheme and authority: over HTTP/2 the host is
-        // only in the URI (`:authority`), there is no `Host` header, and the
-        // JSON cache resolves the public base from one or the other.
-        let mut uri = Uri::builder();
-        if let (Some(scheme), Some(authority)) = (download.uri.scheme(), download.uri.authority()) {
-            uri = uri.scheme(scheme.clone()).authority(authority.clone());
-        }
-        parts.uri = uri
-            .path_and_query(path)
-            .build()
-            .map_err(|e| MirrorError::BadRequest(e.to_string()))?;
-        for name in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::RANGE,
-        ] {
-            parts.headers.remove(name);
-        }
-        // One Accept for every renewal, so they share one cache entry.
-        parts.headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/vnd.github+json"),
-        );
-        let route = ArtifactRoute::Get {
-            repo: repo.clone(),
-            artifact_id: artifact,
-        };
-        let response = self
+        let revalidation = self
             .json
-            .serve(
-                &route,
-                Request::from_parts(parts, body::empty()),
-                client.for_route(route.name()),
-            )
+            .revalidate(repo, artifact, download, public, client)
             .await?;
-        let outcome = response
-            .extensions()
-            .get::<CacheOutcome>()
-            .copied()
-            .unwrap_or(CacheOutcome::Miss);
-        // Upstream's own answer to this request, if it was asked: absent for
-        // a fresh cached answer, a failure status for a stale one.
-        let upstream = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
-        if response.extensions().get::<FromStaleEntry>().is_some() {
-            // `stale_if_error` may answer JSON from the credential's own
-            // entry, but zip bytes need upstream's yes (or a young grant).
-            let said = upstream.map_or_else(|| "no answer".to_owned(), |s| s.to_string());
-            return Err(MirrorError::UpstreamUnreachable(format!(
-                "access to artifact {artifact} could not be renewed: upstream gave {said}"
-            )));
-        }
-        let confirmed = upstream.is_some_and(|s| s.is_success() || s == StatusCode::NOT_MODIFIED);
-        Ok(match response.status() {
-            s if s.is_success() => Renewal::Allowed { outcome, confirmed },
-            StatusCode::UNAUTHORIZED
-            | StatusCode::FORBIDDEN
-            | StatusCode::NOT_FOUND
-            | StatusCode::GONE => Renewal::Denied(response),
-            _ => Renewal::Failed(response),
+        let confirmed = revalidation.confirmed();
+        Ok(match revalidation.verdict {
+            Verdict::Allowed => Renewal::Allowed {
+                outcome: revalidation.outcome,
+                confirmed,
+            },
+            Verdict::Stale => {
+                // `stale_if_error` may answer JSON from the credential's own
+                // entry, but zip bytes need upstream's yes (or a young grant).
+                let said = revalidation
+                    .upstream
+                    .map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+                return Err(MirrorError::UpstreamUnreachable(format!(
+                    "access to artifact {artifact} could not be renewed: upstream gave {said}"
+                )));
+            }
+            Verdict::Denied(response) => Renewal::Denied(response),
+            Verdict::Failed(response) => Renewal::Failed(response),
         })
     }
 
@@ -309,17 +245,13 @@ impl Downloads {
         Err(MirrorError::ArtifactExpired)
     }
 
-    fn grant(&self, artifact: u64, credential: &[u8], now: u64) {
-        if let Err(e) = self.index.grant_put(artifact, credential, now) {
-            tracing::warn!(error = %e, "grant not recorded");
-        }
-    }
-
     fn facts(&self, artifact: u64) -> Facts {
-        match self.index.facts_get(artifact) {
-            Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
-            _ => Facts::default(),
-        }
+        self.index
+            .facts()
+            .get(artifact)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     /// A fresh `Location` from the download endpoint, with the credential

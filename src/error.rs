@@ -5,9 +5,11 @@
 //! (`{"message", "documentation_url"}`) so clients report them the same way.
 
 use http::header::{self, HeaderMap, HeaderValue};
+use std::io;
+use std::path::{Path, PathBuf};
+
 use http::{Response, StatusCode};
 
-use crate::blobs::FillError;
 use crate::body::{self, Body};
 use crate::router::RouteError;
 
@@ -18,6 +20,52 @@ pub const DOCUMENTATION_URL: &str =
 /// Where GitHub's own 410 for an expired artifact points.
 pub const DOWNLOAD_DOCUMENTATION_URL: &str =
     "https://docs.github.com/rest/actions/artifacts#download-an-artifact";
+
+/// Why a fill ended without a blob. The log line gets the whole text
+/// (local paths included, for the operator); what a client is told is
+/// decided below, and names no local path.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    #[error("the blob store answered {0}")]
+    UpstreamStatus(StatusCode),
+    /// An expired or refused signed URL, and no fresh one to be had.
+    #[error("the blob store answered {0}; no fresh location")]
+    NoFreshLocation(StatusCode),
+    /// The fetcher's text: the blob host and path, never the signed query.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("the blob store's answer is unusable: {0}")]
+    BadAnswer(String),
+    #[error("the transfer was cut: {0}")]
+    Cut(String),
+    #[error("size mismatch: expected {expected} bytes, the blob store has {got}")]
+    SizeMismatch { expected: u64, got: u64 },
+    #[error("digest mismatch: expected sha256:{expected}, got sha256:{got}")]
+    DigestMismatch { expected: String, got: String },
+    /// The local disk failed; `op` says at what.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the blob was not recorded: {0}")]
+    Index(String),
+    #[error("gave up after {attempts} attempts: {last}")]
+    GaveUp { attempts: u32, last: Box<FillError> },
+    #[error("the blob store did not answer")]
+    NoAnswer,
+    #[error("the fill stopped")]
+    Stopped,
+}
+
+impl FillError {
+    pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FillError {
+        let path = path.to_owned();
+        move |source| FillError::Io { op, path, source }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {

@@ -1,6 +1,7 @@
 //! artifact-mirror: a caching reverse proxy for the GitHub Enterprise Server
 //! Actions artifacts API. See `README.md` and the design notes it links.
 
+pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod app;
@@ -15,7 +16,7 @@ pub mod error;
 pub mod flight;
 pub mod health;
 pub mod index;
-pub mod meta;
+pub mod json_cache;
 pub mod metrics;
 pub mod private;
 pub mod repair;
@@ -25,4 +26,5 @@ pub mod server;
 pub mod sidecar;
 pub mod signing;
 pub mod status;
+pub mod tls;
 pub mod upstream;

@@ -458,8 +458,8 @@ impl Metrics {
     }
 
     /// Raises the dropped-lines counter to `total`, the log writer's own
-    /// count (read at scrape time, so the two cannot drift).
-    fn log_dropped_lines(&self, total: u64) {
+    /// count (the caller reads it at scrape time, so the two cannot drift).
+    pub(crate) fn log_dropped_lines(&self, total: u64) {
         self.log_lines_dropped
             .inner()
             .fetch_max(total, Ordering::Relaxed);
@@ -467,7 +467,6 @@ impl Metrics {
 
     /// The exposition in `format`.
     pub fn render(&self, live: Live, format: Format) -> String {
-        self.log_dropped_lines(crate::access_log::dropped_lines());
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };

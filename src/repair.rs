@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::blobs::BlobRecord;
+use crate::access::Access;
 use crate::credential::hex;
+use crate::index::BlobRecord;
 use crate::index::Index;
 use crate::sidecar::{self, Sidecar};
 
@@ -25,7 +26,7 @@ pub enum RepairError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("index: {0}")]
-    Index(#[from] sled::Error),
+    Index(#[from] crate::index::IndexError),
     #[error(transparent)]
     Sidecar(#[from] sidecar::SidecarError),
 }
@@ -170,13 +171,13 @@ pub fn reconcile(data_dir: &Path, index: &Index, rehash: bool) -> Result<Report,
     let mut report = Report::default();
 
     let mut records: HashMap<u64, BlobRecord> = HashMap::new();
-    for (id, raw) in index.blob_records()? {
-        match serde_json::from_slice::<BlobRecord>(&raw) {
+    for (id, read) in index.blobs().records()? {
+        match read {
             Ok(record) => {
                 records.insert(id, record);
             }
             Err(_) => {
-                index.blob_remove(id)?;
+                index.blobs().remove(id)?;
                 report.dangling_records += 1;
             }
         }
@@ -230,8 +231,8 @@ pub fn reconcile(data_dir: &Path, index: &Index, rehash: bool) -> Result<Report,
             sidecar::remove(&file.path)?;
             remove_file(&file.path)?;
             for id in named.keys() {
-                index.blob_remove(*id)?;
-                index.grants_remove_artifact(*id)?;
+                index.blobs().remove(*id)?;
+                Access::ending(index).end(*id)?;
                 removed_ids.insert(*id);
             }
             report.corrupt.push(Corrupt {
@@ -261,18 +262,16 @@ pub fn reconcile(data_dir: &Path, index: &Index, rehash: bool) -> Result<Report,
         kept.insert(file.sha256.clone());
     }
     for (id, record) in &rebuilt {
-        let encoded = serde_json::to_vec(record).map_err(|e| RepairError::Io {
-            path: data_dir.to_owned(),
-            source: io::Error::other(e),
-        })?;
         // Last use unknown: the time it was stored, so rebuilt blobs are
         // evicted in storage order rather than all looking fresh.
-        index.blob_put(*id, &encoded, record.stored_at.saturating_mul(1000))?;
+        index
+            .blobs()
+            .put(*id, record, record.stored_at.saturating_mul(1000))?;
         report.records_rebuilt += 1;
     }
     for (id, record) in &records {
         if !kept.contains(&record.sha256) && !removed_ids.contains(id) {
-            index.blob_remove(*id)?;
+            index.blobs().remove(*id)?;
             report.dangling_records += 1;
         }
     }
@@ -377,9 +376,7 @@ mod tests {
                 repo: Some("n:o/r".into()),
             };
             sidecar::add(&path, &self.dir.path().join("tmp"), id, &record).unwrap();
-            self.index
-                .blob_put(id, &serde_json::to_vec(&record).unwrap(), 1)
-                .unwrap();
+            self.index.blobs().put(id, &record, 1).unwrap();
             (record, path)
         }
 
@@ -394,7 +391,8 @@ mod tests {
         fn ids(&self) -> Vec<u64> {
             let mut ids: Vec<u64> = self
                 .index
-                .blob_records()
+                .blobs()
+                .records()
                 .unwrap()
                 .into_iter()
                 .map(|(id, _)| id)
@@ -427,17 +425,16 @@ mod tests {
         s.put(2, b"two");
         s.put(3, b"two");
         for id in [1, 2, 3] {
-            s.index.blob_remove(id).unwrap();
+            s.index.blobs().remove(id).unwrap();
         }
         let report = s.reconcile(false);
         assert_eq!(report.records_rebuilt, 3);
         assert_eq!(report.orphans_removed, 0);
         assert_eq!(s.ids(), [1, 2, 3]);
-        let back: BlobRecord =
-            serde_json::from_slice(&s.index.blob_get(1).unwrap().unwrap()).unwrap();
+        let back = s.index.blobs().get(1).unwrap().unwrap();
         assert_eq!(back, one);
         // Rebuilt in storage order for the LRU.
-        assert_eq!(s.index.blob_least_recent().unwrap(), Some(1));
+        assert_eq!(s.index.blobs().least_recent().unwrap(), Some(1));
         assert!(!s.reconcile(false).changed_anything());
     }
 
@@ -471,7 +468,8 @@ mod tests {
         let s = Store::new();
         let (_, one) = s.put(1, b"one");
         s.put(2, b"two");
-        s.index.grant_put(1, b"cred", 1).unwrap();
+        let cred = crate::credential::CredentialId::Token([1; 32]);
+        s.index.grants().put(1, cred, 1).unwrap();
         std::fs::write(&one, b"onf").unwrap(); // same size, other bytes
         assert!(
             s.reconcile(false).corrupt.is_empty(),
@@ -483,7 +481,7 @@ mod tests {
         assert!(report.corrupt[0].reason.contains("hashes to"));
         assert!(!one.exists() && !sidecar::path_for(&one).exists());
         assert_eq!(s.ids(), [2]);
-        assert_eq!(s.index.grant_get(1, b"cred").unwrap(), None);
+        assert_eq!(s.index.grants().get(1, cred).unwrap(), None);
         // A truncated file is caught by its size, even without re-hashing.
         let (_, three) = s.put(3, b"three");
         std::fs::write(&three, b"th").unwrap();

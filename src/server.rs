@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,53 +30,11 @@ use crate::config::Settings;
 use crate::credential::{ConnCredential, CredentialId, InstanceSecret};
 use crate::download::Downloads;
 use crate::index::{Index, IndexOpenError};
-use crate::meta::JsonCache;
+use crate::json_cache::JsonCache;
 use crate::metrics::Metrics;
 use crate::private;
 use crate::rewrite::PublicBase;
 use crate::upstream::{BlobFetcher, ClientInfo, Upstream, UpstreamSetupError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} holds no PEM private key")]
-    NoKey { path: PathBuf },
-    #[error("certificate and key do not fit together: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// The server-side TLS settings: the chain and key from PEM files, HTTP/2
-/// offered first by ALPN.
-pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsSetupError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .ok()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| TlsSetupError::NoCertificate {
-            path: cert.to_owned(),
-        })?;
-    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| TlsSetupError::NoKey {
-        path: key.to_owned(),
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
 
 /// Time a client gets to finish the TLS handshake.
 /// Answers a connection past `max_connections` with a 503 and closes it,
@@ -110,7 +68,7 @@ pub enum StartError {
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
     #[error("TLS: {0}")]
-    Tls(#[from] TlsSetupError),
+    Tls(#[from] crate::tls::ServerTlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
 }
@@ -208,7 +166,9 @@ impl Server {
             PublicBase::from_settings(settings),
         );
         let tls = match (&settings.tls_cert, &settings.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(tls_config(cert, key)?))),
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(
+                crate::tls::server_config(cert, key)?,
+            ))),
             _ => None,
         };
         let listener =
@@ -267,7 +227,7 @@ impl Server {
             self.housekeeping_every,
         ));
         let sampler = tokio::spawn(crate::status::sample_every_minute(Arc::downgrade(
-            &self.app,
+            self.app.shared_metrics(),
         )));
         tokio::pin!(shutdown);
         loop {

@@ -15,8 +15,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::BlobRecord;
 use crate::credential::hex;
+use crate::index::BlobRecord;
 
 /// File name extension of a sidecar; blob files have none.
 pub const EXTENSION: &str = "json";

@@ -15,11 +15,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 
-use crate::app::App;
 use crate::blobs::{FillOutcome, FillView};
 use crate::body::{self, Body};
 use crate::config::StatusPage;
-use crate::metrics::{Live, Totals, COMMIT};
+use crate::metrics::{Live, Metrics, Totals, COMMIT};
 
 /// What the page shows, gathered by the caller.
 pub struct Figures {
@@ -35,16 +34,18 @@ pub struct Figures {
 }
 
 /// Samples the metrics' totals once a minute for the page's chart. Holds
-/// the app weakly, so a stopped server does not stay alive for it.
-pub async fn sample_every_minute(app: Weak<App>) {
+/// them weakly, so a stopped server's do not stay alive for it.
+pub(crate) async fn sample_every_minute(metrics: Weak<Metrics>) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the metrics hold the start already.
     every.tick().await;
     loop {
         every.tick().await;
-        let Some(app) = app.upgrade() else { return };
-        app.metrics().sample();
+        let Some(metrics) = metrics.upgrade() else {
+            return;
+        };
+        metrics.sample();
     }
 }
 

@@ -5,9 +5,7 @@
 //! cannot be carried anywhere else. Redirects are never followed; a 302 goes
 //! back to the client as upstream sent it.
 
-use std::io;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +18,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::access_log::UpstreamStatus;
@@ -56,38 +52,10 @@ impl ClientInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {
-    #[error("cannot read CA file {path}: {source}")]
-    CaFile { path: String, source: io::Error },
-    #[error("CA file {0} holds no PEM certificate")]
-    CaFileEmpty(String),
-    #[error("CA file {path}: {message}")]
-    CaFileInvalid { path: String, message: String },
-    #[error("no trusted CA certificates: the system has none and `ca_file` is not set")]
-    NoRoots,
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::ClientTlsError),
     #[error("upstream URL has no usable host: {0}")]
     BadUpstream(String),
-}
-
-/// Reads every certificate of a PEM bundle; used by start-up and by
-/// `check-config`, so a bad CA file is reported the same way by both.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| UpstreamSetupError::CaFile {
-        path: shown.clone(),
-        source,
-    })?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| UpstreamSetupError::CaFileInvalid {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(UpstreamSetupError::CaFileEmpty(shown));
-    }
-    Ok(certs)
 }
 
 /// The client for redirect targets (blob storage). Separate from
@@ -155,7 +123,7 @@ fn client(
     settings: &Settings,
     need_roots: bool,
 ) -> Result<Client<HttpsConnector<HttpConnector>, Body>, UpstreamSetupError> {
-    let tls = tls_config(settings.ca_file.as_deref(), need_roots)?;
+    let tls = crate::tls::client_config(settings.ca_file.as_deref(), need_roots)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(settings.connect_timeout.0));
@@ -385,30 +353,6 @@ fn is_forwarding(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-forwarded-") || OTHERS.contains(&name.as_str())
 }
 
-fn tls_config(
-    ca_file: Option<&Path>,
-    need_roots: bool,
-) -> Result<rustls::ClientConfig, UpstreamSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are not fatal: an internal GHES CA in
-    // `ca_file` may be all that is needed.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
-        for cert in read_ca_file(path)? {
-            roots.add(cert)?;
-        }
-    }
-    if need_roots && roots.is_empty() {
-        return Err(UpstreamSetupError::NoRoots);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Removes the headers that describe one connection rather than the message
 /// (RFC 9110 §7.6.1), including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -519,18 +463,5 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
-    }
-
-    #[test]
-    fn ca_file_errors_are_clear() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.pem");
-        std::fs::write(&path, "not a certificate").unwrap();
-        let e = read_ca_file(&path).unwrap_err().to_string();
-        assert!(e.contains("no PEM certificate"), "{e}");
-        let e = read_ca_file(&dir.path().join("missing.pem"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cannot read CA file"), "{e}");
     }
 }

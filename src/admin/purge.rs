@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 
 use super::AdminError;
-use crate::blobs::{BlobStore, Facts};
+use crate::blobs::BlobStore;
+use crate::index::Facts;
 use crate::index::{Index, IndexStats};
-use crate::meta;
+use crate::json_cache;
 use crate::metrics::Eviction;
 use crate::repair;
 use crate::router::RepoRef;
@@ -54,19 +55,15 @@ pub fn purge(
         let mut ids: BTreeSet<u64> = selection.artifacts.iter().copied().collect();
         if !selection.repos.is_empty() {
             let records = store.records()?;
-            let facts: Vec<(u64, Facts)> = index
-                .facts_all()?
-                .into_iter()
-                .filter_map(|(id, v)| Some((id, serde_json::from_slice(&v).ok()?)))
-                .collect();
+            let facts: Vec<(u64, Facts)> = index.facts().all()?;
             unattributed = records.iter().filter(|(_, r)| r.repo.is_none()).count() as u64;
             for repo in &selection.repos {
-                let mut forms = BTreeSet::from([meta::repo_id(repo)]);
-                if let Some(alias) = index.alias_get(meta::repo_id(repo).as_bytes())? {
-                    forms.insert(String::from_utf8_lossy(&alias).into_owned());
+                let mut forms = BTreeSet::from([json_cache::repo_id(repo)]);
+                if let Some(alias) = index.json().alias_get(&json_cache::repo_id(repo))? {
+                    forms.insert(alias);
                 }
-                for prefix in meta::repo_prefixes(index, repo)? {
-                    index.json_remove_prefix(&prefix)?;
+                for prefix in json_cache::repo_prefixes(index, repo)? {
+                    index.json().remove_prefix(&prefix)?;
                 }
                 let of_repo = |r: &Option<String>| r.as_ref().is_some_and(|r| forms.contains(r));
                 ids.extend(
@@ -88,7 +85,7 @@ pub fn purge(
             // sidecar entry and every credential's grant…
             store.remove(id, Eviction::Deleted);
             // …and what cached JSON said of it.
-            index.facts_remove(id)?;
+            index.facts().remove(id)?;
         }
     }
     index.flush_now()?;

@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::metrics::{self, Figures};
 use super::server_file::ServerFile;
 use super::{holder, AdminError};
-use crate::blobs::BlobRecord;
 use crate::config::Settings;
+use crate::index::BlobRecord;
 use crate::index::{Index, IndexStats};
 use crate::repair;
 
@@ -181,9 +181,10 @@ fn from_server(addr: std::net::SocketAddr) -> MetricsView {
 
 fn records(index: &Index) -> Result<Vec<BlobRecord>, AdminError> {
     Ok(index
-        .blob_records()?
+        .blobs()
+        .records()?
         .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .filter_map(|(_, r)| r.ok())
         .collect())
 }
 

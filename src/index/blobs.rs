@@ -1,0 +1,107 @@
+//! Blob records: `blobs` (artifact → the stored zip's record),
+//! `blob_access` (artifact → last use) and `blob_lru` (last use ++
+//! artifact, oldest first). The three change together, in one transaction.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use super::stamp::{lru_key, split_stamp, u64_key};
+use super::IndexError;
+
+/// A stored zip.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub sha256: String,
+    pub size: u64,
+    pub name: String,
+    pub expires_at: Option<u64>,
+    /// Unix seconds.
+    pub stored_at: u64,
+    /// The repository of the download that stored it (`n:owner/name` or
+    /// `i:id`); absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct BlobTable {
+    pub(super) db: sled::Db,
+    pub(super) records: sled::Tree,
+    pub(super) access: sled::Tree,
+    pub(super) lru: sled::Tree,
+}
+
+type Tx = ConflictableTransactionError<()>;
+
+/// One record as read back: its value, or why it does not decode.
+pub type Decoded<T> = Result<T, IndexError>;
+
+impl BlobTable {
+    pub fn get(&self, artifact: u64) -> Result<Option<BlobRecord>, IndexError> {
+        match self.records.get(artifact.to_be_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every blob record, for sweeps (expiry, shared files, repair); one
+    /// that does not decode comes back as its error, for repair to drop.
+    pub fn records(&self) -> Result<Vec<(u64, Decoded<BlobRecord>)>, IndexError> {
+        self.records
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((u64_key(&k), serde_json::from_slice(&v).map_err(Into::into)))
+            })
+            .collect()
+    }
+
+    /// Writes a blob record and marks it used at `used_ms`. Flushed before
+    /// it returns: the record is what makes a stored file visible after a
+    /// restart.
+    pub fn put(&self, artifact: u64, record: &BlobRecord, used_ms: u64) -> Result<(), IndexError> {
+        let encoded = serde_json::to_vec(record)?;
+        let id = artifact.to_be_bytes();
+        (&self.records, &self.access, &self.lru).transaction(|(records, access, lru)| {
+            records.insert(&id, encoded.as_slice())?;
+            if let Some(old) = access.insert(&id, &used_ms.to_be_bytes())? {
+                lru.remove(lru_key(split_stamp(&old).0, &id))?;
+            }
+            lru.insert(lru_key(used_ms, &id), &[])?;
+            Ok::<_, Tx>(())
+        })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn touch(&self, artifact: u64, now_ms: u64) -> Result<(), IndexError> {
+        let id = artifact.to_be_bytes();
+        (&self.access, &self.lru).transaction(|(access, lru)| {
+            if let Some(old) = access.insert(&id, &now_ms.to_be_bytes())? {
+                lru.remove(lru_key(split_stamp(&old).0, &id))?;
+            }
+            lru.insert(lru_key(now_ms, &id), &[])?;
+            Ok::<_, Tx>(())
+        })?;
+        Ok(())
+    }
+
+    /// Drops the record; returns it when there was a readable one.
+    pub fn remove(&self, artifact: u64) -> Result<Option<BlobRecord>, IndexError> {
+        let id = artifact.to_be_bytes();
+        let old =
+            (&self.records, &self.access, &self.lru).transaction(|(records, access, lru)| {
+                if let Some(old) = access.remove(&id)? {
+                    lru.remove(lru_key(split_stamp(&old).0, &id))?;
+                }
+                Ok::<_, Tx>(records.remove(&id)?)
+            })?;
+        Ok(old.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// The least recently used stored blob.
+    pub fn least_recent(&self) -> Result<Option<u64>, IndexError> {
+        Ok(self.lru.first()?.map(|(k, _)| u64_key(&split_stamp(&k).1)))
+    }
+}

@@ -1,0 +1,267 @@
+//! One cached answer and its freshness; the shared result of one trip
+//! upstream; weak ETag comparison.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_cache_semantics::CachePolicy;
+
+use crate::body::{self, Body};
+use crate::clock::{millis, unix_ms};
+use crate::error::MirrorError;
+use crate::metrics::CacheOutcome;
+
+/// `X-Cache` for how an answer was produced. Coalesced callers are told
+/// what the shared trip was (the flight's leader's status).
+pub(super) fn x_cache(outcome: CacheOutcome) -> HeaderValue {
+    HeaderValue::from_static(match outcome {
+        CacheOutcome::Hit => "HIT",
+        CacheOutcome::Revalidated => "REVALIDATED",
+        CacheOutcome::Miss => "MISS",
+        CacheOutcome::Bypass => "BYPASS",
+        CacheOutcome::Stale => "STALE",
+        CacheOutcome::Coalesced => "COALESCED",
+        CacheOutcome::Filling => "FILLING",
+    })
+}
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// One cached answer: upstream's headers and body with URLs rewritten to the
+/// mirror, and the policy that says when it must be revalidated.
+#[derive(Debug)]
+pub(super) struct Entry {
+    /// Upstream's headers plus `Content-Length` and an `X-Cache` slot: ready
+    /// to be cloned into a response without growing (see [`Entry::respond`]).
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+    pub(super) policy: CachePolicy,
+    /// Unix milliseconds of the last time upstream confirmed it (200 or 304).
+    pub(super) validated_at: u64,
+    /// Unix milliseconds until which it may be answered without upstream:
+    /// `validated_at + min(policy's time to live then, max_fresh)`.
+    pub(super) fresh_until: u64,
+    /// Unix milliseconds of the `validated_at` last written to disk.
+    pub(super) persisted_at: u64,
+}
+
+/// Headers whose change on a 304 is written to disk at once: validators,
+/// pagination and what decides freshness. Anything else (rate-limit headers,
+/// `Date`) reaches the disk with the next write (see [`PERSIST_EVERY`]).
+pub(super) const PERSISTED_ON_CHANGE: [HeaderName; 7] = [
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::LINK,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::PRAGMA,
+    header::VARY,
+];
+
+/// A revalidated entry whose headers that matter did not change is written
+/// to disk at most this often. The memory tier is always current; after a
+/// restart the disk's older `validated_at` (and policy) only make the entry
+/// look older than it is, i.e. cost at most one more revalidation sooner.
+pub(super) const PERSIST_EVERY: Duration = Duration::from_secs(30);
+
+impl Entry {
+    /// `headers` as upstream sent them (URLs rewritten, no `Content-Length`).
+    pub(super) fn new(
+        mut headers: HeaderMap,
+        body: Bytes,
+        policy: CachePolicy,
+        validated_at: u64,
+        persisted_at: u64,
+        max_fresh: Duration,
+    ) -> Entry {
+        let validated = UNIX_EPOCH + Duration::from_millis(validated_at);
+        let ttl = millis(policy.time_to_live(validated)).min(millis(max_fresh));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(X_CACHE, x_cache(CacheOutcome::Hit));
+        Entry {
+            headers,
+            body,
+            policy,
+            validated_at,
+            fresh_until: validated_at.saturating_add(ttl),
+            persisted_at,
+        }
+    }
+
+    pub(super) fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::ETAG)
+    }
+
+    /// The headers as stored on disk: upstream's, without what `new` adds.
+    pub(super) fn stored_headers(&self) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(X_CACHE);
+        headers
+    }
+
+    /// Fresh by upstream's policy (capped by `max_fresh`), computed when the
+    /// entry was validated, unless the request asks for revalidation. The
+    /// key holds the credential, `Accept` and `X-GitHub-Api-Version` (all
+    /// the policy's request sees), so `Vary` needs no check here.
+    pub(super) fn is_fresh(&self, request_headers: &HeaderMap, now: SystemTime) -> bool {
+        unix_ms(now) < self.fresh_until && !self.request_refuses(request_headers, now)
+    }
+
+    /// Request directives that rule this entry out (RFC 9111 §5.2.1, as
+    /// `http-cache-semantics` reads them): `no-cache` (or `Pragma:
+    /// no-cache`), `max-age` the entry is older than, `min-fresh` beyond its
+    /// time to live. `max-stale` is not honoured: a stale entry revalidates.
+    fn request_refuses(&self, request_headers: &HeaderMap, now: SystemTime) -> bool {
+        let pragma_no_cache = request_headers
+            .get_all(header::PRAGMA)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("no-cache")));
+        if pragma_no_cache {
+            return true;
+        }
+        let seconds = |v: Option<&str>| {
+            v.map(|v| v.trim().trim_matches('"'))
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+        };
+        let directives = request_headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        for directive in directives {
+            let (name, value) = match directive.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value)),
+                None => (directive.trim(), None),
+            };
+            if name.eq_ignore_ascii_case("no-cache") {
+                return true;
+            }
+            if name.eq_ignore_ascii_case("max-age") {
+                if let Some(max_age) = seconds(value) {
+                    if self.policy.age(now) > max_age {
+                        return true;
+                    }
+                }
+            }
+            if name.eq_ignore_ascii_case("min-fresh") {
+                if let Some(min_fresh) = seconds(value) {
+                    if self.policy.time_to_live(now) < min_fresh {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// The entry as an answer, its outcome in `X-Cache` and as the
+    /// extension the request is counted by.
+    pub(super) fn respond(
+        &self,
+        status: CacheOutcome,
+        if_none_match: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        let not_modified = match (if_none_match, self.etag()) {
+            (Some(wanted), Some(etag)) => etag_matches(wanted, etag),
+            _ => false,
+        };
+        // A clone of a map that already holds every header: no growth, no
+        // rehash; the `X-Cache` slot is overwritten in place.
+        let mut headers = self.headers.clone();
+        if status != CacheOutcome::Hit {
+            if let Some(slot) = headers.get_mut(X_CACHE) {
+                *slot = x_cache(status);
+            }
+        }
+        let mut response = if not_modified {
+            headers.remove(header::CONTENT_LENGTH);
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            Response::new(body::full(self.body.clone()))
+        };
+        *response.headers_mut() = headers;
+        response.extensions_mut().insert(status);
+        response
+    }
+}
+
+/// Whether any of `names` has other values in `a` than in `b`.
+pub(super) fn any_changed(a: &HeaderMap, b: &HeaderMap, names: &[HeaderName]) -> bool {
+    names
+        .iter()
+        .any(|name| !a.get_all(name).iter().eq(b.get_all(name).iter()))
+}
+
+/// A whole upstream (or mirror) answer kept so coalesced callers can share it.
+#[derive(Debug)]
+pub(super) struct Buffered {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+}
+
+impl Buffered {
+    pub(super) fn error(e: &MirrorError) -> Buffered {
+        Buffered {
+            status: e.status(),
+            headers: e.headers(),
+            body: e.body(),
+        }
+    }
+
+    pub(super) fn respond(&self) -> Response<Body> {
+        let mut response = Response::new(body::full(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+            .headers_mut()
+            .insert(X_CACHE, x_cache(CacheOutcome::Bypass));
+        response.extensions_mut().insert(CacheOutcome::Bypass);
+        response
+    }
+}
+
+/// The result of one trip upstream, shared by every coalesced caller.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Entry {
+        entry: Arc<Entry>,
+        status: CacheOutcome,
+        upstream: Option<StatusCode>,
+    },
+    Passthrough(Buffered),
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2): GitHub flips between `W/"x"` and
+/// `"x"` for one representation. Handles lists and `*`.
+pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let (Ok(wanted), Ok(etag)) = (if_none_match.to_str(), etag.to_str()) else {
+        return false;
+    };
+    let etag = opaque(etag);
+    wanted
+        .split(',')
+        .any(|w| w.trim() == "*" || opaque(w) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_compare_weakly() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(etag_matches(&v("\"abc\""), &v("W/\"abc\"")));
+        assert!(etag_matches(&v("W/\"x\", W/\"abc\""), &v("\"abc\"")));
+        assert!(etag_matches(&v("*"), &v("\"abc\"")));
+        assert!(!etag_matches(&v("\"abd\""), &v("\"abc\"")));
+    }
+}
