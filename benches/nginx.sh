@@ -14,14 +14,18 @@
 #               with access_log to a file, one with access_log off)
 #   wrk        -t2 -c32 (32 keep-alive connections), the same GET with the
 #               same token against each.
-# Rounds alternate nginx and mirror; the medians of requests/s and their
-# ratio are printed. Every answer must be a 2xx (wrk counts the others and
+# Rounds alternate nginx and mirror; the medians of requests/s and of server
+# CPU time per request (user + system of the mirror process or of nginx's
+# workers, from /proc: steadier than requests/s on a shared machine) and
+# their ratios are printed. Every answer must be a 2xx (wrk counts the others and
 # the script fails on any); before the runs each side must answer from its
 # cache with the same status and body length.
 #
 # Run: bash benches/nginx.sh   (as root, or with sudo, to install nginx-light
 # and wrk when missing). ROUNDS (3), SECONDS_PER_RUN (10), CONNS (32),
-# THREADS (2) tune it; SKIP_JSON_BENCH=1 skips the json_cache part.
+# THREADS (2) tune it; SKIP_JSON_BENCH=1 skips the json_cache part;
+# MIRROR_BIN runs another build of the mirror (an older commit's, for a
+# before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +50,7 @@ fi
 
 cargo build --release --locked --bin artifact-mirror --example ghes-sim
 bin=target/release
+mirror_bin=${MIRROR_BIN:-$bin/artifact-mirror}
 
 work=$(mktemp -d)
 pids=()
@@ -62,13 +67,15 @@ pids+=($!)
 
 mirror() { # port, log level, log file
   mkdir -p "$work/data-$1"
-  "$bin/artifact-mirror" serve --upstream "http://127.0.0.1:$SIM_PORT/api/v3" \
+  "$mirror_bin" serve --upstream "http://127.0.0.1:$SIM_PORT/api/v3" \
     --listen "127.0.0.1:$1" --data-dir "$work/data-$1" --revalidate when-stale \
     --log-format json --log-level "$2" >/dev/null 2>"$3" &
   pids+=($!)
 }
 mirror $MIRROR_LOG_PORT info "$work/mirror-access.log"
+mirror_log_pid=$!
 mirror $MIRROR_QUIET_PORT warn "$work/mirror-quiet.log"
+mirror_quiet_pid=$!
 
 mkdir -p "$work/nginx"
 # As root, nginx's workers would run as nobody, who cannot enter $work (0700).
@@ -162,34 +169,55 @@ check $MIRROR_QUIET_PORT x-cache "HTTP/1.1 200 OK x-cache: HIT $bytes"
 check $NGINX_LOG_PORT x-cache-status "HTTP/1.1 200 OK X-Cache-Status: HIT $bytes"
 check $NGINX_QUIET_PORT x-cache-status "HTTP/1.1 200 OK X-Cache-Status: HIT $bytes"
 
-run() { # port -> requests/s
-  local out
+# CPU time (user + system, clock ticks) of the given processes, all threads.
+ticks() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t}'; }
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+run() { # port, pids serving it -> "requests/s server-CPU-µs-per-request"
+  local out before after requests port=$1
+  shift
+  before=$(ticks "$@")
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency \
-    -H "Authorization: token $TOKEN" "http://127.0.0.1:$1/api/v3$LIST")
+    -H "Authorization: token $TOKEN" "http://127.0.0.1:$port/api/v3$LIST")
+  after=$(ticks "$@")
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
     echo "$out" >&2
-    echo "errors against port $1" >&2
+    echo "errors against port $port" >&2
     exit 1
   fi
-  awk '/Requests\/sec/ {print $2}' <<<"$out"
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v r="$requests" -v t=$((after - before)) -v us="$tick_us" \
+    '/Requests\/sec/ {printf "%s %.2f\n", $2, t * us / r}' <<<"$out"
 }
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wrk -t$THREADS -c$CONNS, ${SECONDS_PER_RUN}s a run, $ROUNDS rounds alternating nginx/mirror; medians"
+# Workers only: the cache loader is a child too, and exits after a minute.
+nginx_workers=$(pgrep -P "$(cat "$work/nginx/nginx.pid")" -f "worker process" | tr '\n' ' ')
+echo "server CPU per request: user + system time of the mirror process, or of nginx's workers, over the run"
 for logs in on off; do
-  if [ $logs = on ]; then m=$MIRROR_LOG_PORT n=$NGINX_LOG_PORT; else m=$MIRROR_QUIET_PORT n=$NGINX_QUIET_PORT; fi
-  : >"$work/nginx.rps"
-  : >"$work/mirror.rps"
+  if [ $logs = on ]; then
+    m=$MIRROR_LOG_PORT n=$NGINX_LOG_PORT mpid=$mirror_log_pid
+  else
+    m=$MIRROR_QUIET_PORT n=$NGINX_QUIET_PORT mpid=$mirror_quiet_pid
+  fi
+  : >"$work/nginx.runs"
+  : >"$work/mirror.runs"
   for round in $(seq 1 "$ROUNDS"); do
-    run $n >>"$work/nginx.rps"
-    run $m >>"$work/mirror.rps"
-    echo "  logs $logs, round $round: nginx $(tail -1 "$work/nginx.rps"), mirror $(tail -1 "$work/mirror.rps") req/s"
+    # shellcheck disable=SC2086 # one pid a word
+    run $n $nginx_workers >>"$work/nginx.runs"
+    run $m "$mpid" >>"$work/mirror.runs"
+    printf '  logs %s, round %s: nginx %s req/s %s µs, mirror %s req/s %s µs\n' $logs "$round" \
+      $(tail -1 "$work/nginx.runs") $(tail -1 "$work/mirror.runs")
   done
-  nginx_rps=$(median <"$work/nginx.rps")
-  mirror_rps=$(median <"$work/mirror.rps")
-  printf 'access logs %-3s: nginx %.0f req/s, mirror %.0f req/s: mirror/nginx %.2fx\n' \
-    $logs "$nginx_rps" "$mirror_rps" "$(echo "$mirror_rps / $nginx_rps" | bc -l)"
+  nginx_rps=$(cut -d' ' -f1 "$work/nginx.runs" | median)
+  mirror_rps=$(cut -d' ' -f1 "$work/mirror.runs" | median)
+  nginx_cpu=$(cut -d' ' -f2 "$work/nginx.runs" | median)
+  mirror_cpu=$(cut -d' ' -f2 "$work/mirror.runs" | median)
+  printf 'access logs %-3s: nginx %.0f req/s, mirror %.0f req/s: mirror/nginx %.2fx; CPU per request nginx %.1f µs, mirror %.1f µs: nginx/mirror %.2fx\n' \
+    $logs "$nginx_rps" "$mirror_rps" "$(echo "$mirror_rps / $nginx_rps" | bc -l)" \
+    "$nginx_cpu" "$mirror_cpu" "$(echo "$nginx_cpu / $mirror_cpu" | bc -l)"
 done
 echo "log lines written: mirror $(grep -c '"route":"list_repo_artifacts"' "$work/mirror-access.log"), nginx $(wc -l <"$work/nginx-access.log")"
 dropped=$(curl -sS "http://127.0.0.1:$MIRROR_LOG_PORT/metrics" | awk '/^artifact_mirror_log_lines_dropped_total/ {print $2}')
