@@ -17,6 +17,7 @@ pub mod flight;
 pub mod health;
 pub mod index;
 pub mod json_cache;
+pub mod log_queue;
 pub mod metrics;
 pub mod private;
 pub mod repair;
