@@ -38,10 +38,12 @@ pub struct App {
     metrics: Arc<Metrics>,
     status_page: StatusPage,
     blob_quota: u64,
+    prefetch: Option<crate::prefetch::Prefetch>,
     secret: InstanceSecret,
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: &Settings,
         upstream: Upstream,
@@ -49,6 +51,7 @@ impl App {
         json: Arc<JsonCache>,
         downloads: Downloads,
         metrics: Arc<Metrics>,
+        prefetch: Option<crate::prefetch::Prefetch>,
         secret: InstanceSecret,
     ) -> App {
         App {
@@ -63,6 +66,7 @@ impl App {
             metrics,
             status_page: settings.status_page,
             blob_quota: settings.blob_quota_bytes,
+            prefetch,
             secret,
         }
     }
@@ -199,6 +203,10 @@ impl App {
                 ref repo,
                 artifact_id,
             }) => Box::pin(self.downloads.download(repo, artifact_id, request, client)).await,
+            Route::Webhook => match &self.prefetch {
+                Some(prefetch) => Box::pin(prefetch.webhook(request)).await,
+                None => Err(RouteError::NotFound.into()),
+            },
             Route::Blob { artifact_id } => {
                 Box::pin(self.downloads.serve_blob(artifact_id, request)).await
             }

@@ -154,6 +154,57 @@ pub struct Layer {
     /// `GET /_mirror/status`: `off` (404), `summary` (figures only) or `detail` (with artifact and repository names) [default: summary].
     #[arg(long, env = "ARTIFACT_MIRROR_STATUS_PAGE", value_name = "MODE")]
     pub status_page: Option<StatusPage>,
+    /// File holding the GitHub webhook secret; turns on POST /_mirror/webhooks/github [default: off].
+    #[arg(long, env = "ARTIFACT_MIRROR_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// File holding prefetch's own token (a PAT or an externally rotated token; read again when it changes).
+    #[arg(long, env = "ARTIFACT_MIRROR_PREFETCH_TOKEN_FILE", value_name = "FILE")]
+    pub prefetch_token_file: Option<PathBuf>,
+    /// GitHub App id whose installation tokens prefetch uses (with --github-app-key-file).
+    #[arg(long, env = "ARTIFACT_MIRROR_GITHUB_APP_ID", value_name = "ID")]
+    pub github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM).
+    #[arg(long, env = "ARTIFACT_MIRROR_GITHUB_APP_KEY_FILE", value_name = "FILE")]
+    pub github_app_key_file: Option<PathBuf>,
+    /// App installation to use when polling (a webhook names its own).
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_GITHUB_APP_INSTALLATION_ID",
+        value_name = "ID"
+    )]
+    pub github_app_installation_id: Option<u64>,
+    /// Repositories (owner/repo, comma-separated) whose completed runs are polled and prefetched [default: none].
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_PREFETCH_POLL_REPOS",
+        value_name = "OWNER/REPO",
+        value_delimiter = ','
+    )]
+    pub prefetch_poll_repos: Option<Vec<String>>,
+    /// Time between polls of a repository's completed runs (GHES's X-Poll-Interval wins when longer) [default: 30s].
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_PREFETCH_POLL_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub prefetch_poll_interval: Option<Span>,
+    /// Globs of artifact names to prefetch, comma-separated [default: all].
+    #[arg(
+        long,
+        env = "ARTIFACT_MIRROR_PREFETCH_NAMES",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub prefetch_names: Option<Vec<String>>,
+    /// Largest artifact prefetched [default: 1073741824].
+    #[arg(long, env = "ARTIFACT_MIRROR_PREFETCH_MAX_BYTES", value_name = "BYTES")]
+    pub prefetch_max_bytes: Option<u64>,
+    /// Artifacts prefetched at once [default: 2].
+    #[arg(long, env = "ARTIFACT_MIRROR_PREFETCH_CONCURRENCY", value_name = "N")]
+    pub prefetch_concurrency: Option<usize>,
+    /// Completed runs waiting for prefetch; past it the oldest is dropped [default: 1000].
+    #[arg(long, env = "ARTIFACT_MIRROR_PREFETCH_QUEUE", value_name = "N")]
+    pub prefetch_queue: Option<usize>,
     /// Log line format [default: human].
     #[arg(long, env = "ARTIFACT_MIRROR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -211,6 +262,19 @@ impl Layer {
             housekeeping_interval: self.housekeeping_interval.or(lower.housekeeping_interval),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
             status_page: self.status_page.or(lower.status_page),
+            webhook_secret_file: self.webhook_secret_file.or(lower.webhook_secret_file),
+            prefetch_token_file: self.prefetch_token_file.or(lower.prefetch_token_file),
+            github_app_id: self.github_app_id.or(lower.github_app_id),
+            github_app_key_file: self.github_app_key_file.or(lower.github_app_key_file),
+            github_app_installation_id: self
+                .github_app_installation_id
+                .or(lower.github_app_installation_id),
+            prefetch_poll_repos: self.prefetch_poll_repos.or(lower.prefetch_poll_repos),
+            prefetch_poll_interval: self.prefetch_poll_interval.or(lower.prefetch_poll_interval),
+            prefetch_names: self.prefetch_names.or(lower.prefetch_names),
+            prefetch_max_bytes: self.prefetch_max_bytes.or(lower.prefetch_max_bytes),
+            prefetch_concurrency: self.prefetch_concurrency.or(lower.prefetch_concurrency),
+            prefetch_queue: self.prefetch_queue.or(lower.prefetch_queue),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
             log_queue_lines: self.log_queue_lines.or(lower.log_queue_lines),
@@ -254,6 +318,22 @@ pub struct Settings {
     pub housekeeping_interval: Span,
     pub index_cache_bytes: u64,
     pub status_page: StatusPage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch_token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_app_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_app_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_app_installation_id: Option<u64>,
+    pub prefetch_poll_repos: Vec<String>,
+    pub prefetch_poll_interval: Span,
+    pub prefetch_names: Vec<String>,
+    pub prefetch_max_bytes: u64,
+    pub prefetch_concurrency: usize,
+    pub prefetch_queue: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     pub log_queue_lines: usize,
@@ -316,6 +396,19 @@ impl Settings {
                 .unwrap_or(Span(Duration::from_secs(600))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
             status_page: layer.status_page.unwrap_or(StatusPage::Summary),
+            webhook_secret_file: layer.webhook_secret_file,
+            prefetch_token_file: layer.prefetch_token_file,
+            github_app_id: layer.github_app_id,
+            github_app_key_file: layer.github_app_key_file,
+            github_app_installation_id: layer.github_app_installation_id,
+            prefetch_poll_repos: layer.prefetch_poll_repos.unwrap_or_default(),
+            prefetch_poll_interval: layer
+                .prefetch_poll_interval
+                .unwrap_or(Span(Duration::from_secs(30))),
+            prefetch_names: layer.prefetch_names.unwrap_or_default(),
+            prefetch_max_bytes: layer.prefetch_max_bytes.unwrap_or(1024 * 1024 * 1024),
+            prefetch_concurrency: layer.prefetch_concurrency.unwrap_or(2),
+            prefetch_queue: layer.prefetch_queue.unwrap_or(1000),
             log_format: layer.log_format.unwrap_or(LogFormat::Human),
             log_level: layer.log_level.unwrap_or_else(|| "info".to_owned()),
             log_queue_lines: layer.log_queue_lines.unwrap_or(16 * 1024),
@@ -392,7 +485,7 @@ impl Settings {
             crate::tls::read_ca_file(path)
                 .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
         }
-        Ok(())
+        crate::prefetch::check(self)
     }
 
     /// The path prefix both GHES and the mirror serve the API under
@@ -514,7 +607,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key,
             reason: reason.into(),

@@ -96,6 +96,8 @@ pub enum MirrorError {
     /// should come back shortly rather than pile onto GHES.
     #[error("The mirror has too many requests waiting for GHES; retry in {0} s")]
     Overloaded(u64),
+    #[error(transparent)]
+    Webhook(#[from] crate::prefetch::webhook::WebhookError),
 }
 
 impl MirrorError {
@@ -111,6 +113,7 @@ impl MirrorError {
             MirrorError::ArtifactExpired => StatusCode::GONE,
             MirrorError::Fill(_) => StatusCode::BAD_GATEWAY,
             MirrorError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MirrorError::Webhook(e) => e.status(),
         }
     }
 

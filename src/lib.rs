@@ -19,6 +19,7 @@ pub mod index;
 pub mod json_cache;
 pub mod log_queue;
 pub mod metrics;
+pub mod prefetch;
 pub mod private;
 pub mod repair;
 pub mod rewrite;

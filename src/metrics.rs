@@ -215,6 +215,8 @@ pub struct Metrics {
     from_cache: AtomicU64,
     /// `(unix second, totals)`, oldest first, one a minute.
     history: Mutex<VecDeque<(u64, Totals)>>,
+    /// Webhook deliveries, prefetched runs and bytes, the prefetch queue.
+    prefetch: std::sync::Arc<crate::prefetch::PrefetchMetrics>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -229,6 +231,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn prefetch(&self) -> &std::sync::Arc<crate::prefetch::PrefetchMetrics> {
+        &self.prefetch
+    }
+
     pub fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("artifact_mirror"),
@@ -252,7 +258,9 @@ impl Metrics {
             from_cache: AtomicU64::new(0),
             // The start, so the first minute's chart has a baseline.
             history: Mutex::new(VecDeque::from([(now_secs(), Totals::default())])),
+            prefetch: std::sync::Arc::default(),
         };
+        m.prefetch.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "requests",

@@ -22,6 +22,8 @@ pub enum Route {
     Blob { artifact_id: u64 },
     /// `GET /_mirror/status`: the operator's HTML page.
     Status,
+    /// `POST /_mirror/webhooks/github`: GitHub's webhook deliveries (prefetch).
+    Webhook,
     /// One of the five Actions artifacts operations.
     Artifact(ArtifactRoute),
     /// Any other request under the API base path: forwarded as is.
@@ -37,6 +39,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Blob { .. } => "blob",
             Route::Status => "status",
+            Route::Webhook => "webhook",
             Route::Artifact(a) => a.name(),
             Route::Forward => "forward",
         }
@@ -115,6 +118,12 @@ pub fn route(method: &Method, path: &str, api_base: &str) -> Result<Route, Route
         "/metrics" => return Ok(Route::Metrics),
         "/_mirror/status" => return Ok(Route::Status),
         _ => {}
+    }
+    if path == "/_mirror/webhooks/github" {
+        return match *method {
+            Method::POST => Ok(Route::Webhook),
+            _ => Err(RouteError::MethodNotAllowed),
+        };
     }
     if let Some(id) = path.strip_prefix("/_mirror/blobs/") {
         if !matches!(*method, Method::GET | Method::HEAD) {

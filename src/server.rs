@@ -71,6 +71,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::ServerTlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("prefetch: {0}")]
+    Prefetch(#[from] crate::prefetch::PrefetchSetupError),
 }
 
 pub struct Server {
@@ -156,6 +158,13 @@ impl Server {
             index.clone(),
             blob_store.clone(),
         ));
+        let prefetch = crate::prefetch::Prefetch::start(
+            settings,
+            upstream.clone(),
+            blob_store.clone(),
+            metrics.prefetch().clone(),
+        )
+        .await?;
         let downloads = Downloads::new(
             settings,
             upstream.clone(),
@@ -182,7 +191,7 @@ impl Server {
             listener,
             tls,
             app: Arc::new(App::new(
-                settings, upstream, index, json, downloads, metrics, secret,
+                settings, upstream, index, json, downloads, metrics, prefetch, secret,
             )),
             max_header_bytes: settings.max_header_bytes,
             max_connections: settings.max_connections,

@@ -85,6 +85,8 @@ pub(crate) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<R
         match route.kind() {
             Kind::ListRepo => c.list_repo += 1,
             Kind::ListRun => c.list_run += 1,
+            Kind::ListRuns => c.list_runs += 1,
+            Kind::AppToken => c.app_token_requests += 1,
             Kind::Get => c.get += 1,
             Kind::Delete => c.delete += 1,
             Kind::Download => c.download += 1,
@@ -104,6 +106,17 @@ pub(crate) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<R
     let latency = st.knobs.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+
+    if let Route::AppToken(installation) = route {
+        // A JWT, not a user's token: checked here, before `identify`.
+        let who = Identity::Anonymous;
+        let rate = lock(&st.rate).peek(who, who.limit(&st.cfg));
+        let auth = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        return finish(&st, who, app_token(&st, auth, installation), rate, None);
     }
 
     let ident = identify(&parts.headers);
@@ -229,6 +242,11 @@ fn dispatch(
             Ok(repo) => list(st, &repo, None, query),
             Err(a) => a,
         },
+        Route::ListRuns(key) => match visible_repo(st, who, key) {
+            Ok(repo) => list_runs(st, &repo),
+            Err(a) => a,
+        },
+        Route::AppToken(_) => Answer::not_found(),
         Route::ListRun(key, run) => match visible_repo(st, who, key) {
             Ok(repo) => list(st, &repo, Some(*run), query),
             Err(a) => a,
@@ -340,6 +358,46 @@ fn list(st: &State, repo: &Repo, run: Option<u64>, query: Option<&str>) -> Answe
         Some(link) => answer.with_header(header::LINK, link),
         None => answer,
     }
+}
+
+/// The completed runs of a repository, newest first, with GitHub's
+/// `X-Poll-Interval`. The body holds nothing time-dependent, so its ETag
+/// changes only when a run completes.
+fn list_runs(st: &State, repo: &Repo) -> Answer {
+    let runs = lock(&st.store).runs(repo.id);
+    let body = serde_json::json!({
+        "total_count": runs.len(),
+        "workflow_runs": runs.iter().map(|r| r.json(&st.api_base)).collect::<Vec<_>>(),
+    });
+    Answer::json(StatusCode::OK, &body).with_header(
+        HeaderName::from_static("x-poll-interval"),
+        st.knobs.poll_interval().to_string(),
+    )
+}
+
+/// `POST /app/installations/{id}/access_tokens`: 201 with a token valid an
+/// hour for the configured App's JWT and installation; 401 for a bad JWT,
+/// 404 for another installation (or no App).
+fn app_token(st: &State, authorization: Option<&str>, installation: u64) -> Answer {
+    let Some(app) = *lock(&st.app) else {
+        return Answer::not_found();
+    };
+    if let Err(message) = crate::runs::check_app_jwt(app, authorization) {
+        return Answer::error(StatusCode::UNAUTHORIZED, message, DOCS);
+    }
+    if installation != app.installation_id {
+        return Answer::not_found();
+    }
+    st.bump(|c| c.app_tokens_minted += 1);
+    Answer::json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "token": crate::fixtures::APP_INSTALLATION_TOKEN,
+            "expires_at": crate::util::rfc3339(crate::util::now_unix() + app.token_lifetime),
+            "permissions": { "actions": "read", "metadata": "read" },
+            "repository_selection": "all",
+        }),
+    )
 }
 
 fn delete(st: &State, who: Identity, repo: &Repo, id: u64) -> Answer {

@@ -35,7 +35,7 @@ pub(crate) struct User {
     pub sees_private: bool,
 }
 
-pub(crate) const USERS: [User; 3] = [
+pub(crate) const USERS: [User; 4] = [
     User {
         name: "admin",
         token: ADMIN_TOKEN,
@@ -56,6 +56,13 @@ pub(crate) const USERS: [User; 3] = [
         user_id: 3,
         can_write: false,
         sees_private: false,
+    },
+    User {
+        name: "app",
+        token: APP_INSTALLATION_TOKEN,
+        user_id: 4,
+        can_write: false,
+        sees_private: true,
     },
 ];
 
@@ -87,3 +94,12 @@ pub(crate) const SEEDS: [Seed; 9] = [
     (PRIVATE_REPO, 6001, "sbom", 800, false, false),
     (OTHER_PRIVATE_REPO, 7001, "secrets", 2048, true, false),
 ];
+
+/// What the App installation-token endpoint hands out; it reads every
+/// repository (like a `reader`) and has its own rate-limit bucket, "app".
+pub const APP_INSTALLATION_TOKEN: &str = "ghs_siminstallation0000000000000000000";
+
+/// A GitHub App's RS256 private key (PKCS#8 PEM), made for these tests only;
+/// the sim checks App JWTs with [`APP_PUBLIC_KEY_PEM`].
+pub const APP_PRIVATE_KEY_PEM: &[u8] = include_bytes!("../keys/github-app.pem");
+pub const APP_PUBLIC_KEY_PEM: &[u8] = include_bytes!("../keys/github-app.pub.pem");

@@ -27,6 +27,8 @@ pub struct Knobs {
     corrupt: Mutex<u32>,
     /// Remaining resumed (`Range`) blob GETs answered 200 with the whole zip.
     ignore_range: Mutex<u32>,
+    /// `X-Poll-Interval` of the runs list, seconds; 0 means the default, 1.
+    poll_interval: AtomicU64,
 }
 
 impl Knobs {
@@ -88,6 +90,16 @@ impl Knobs {
         lock(&self.revoked).push(token.to_owned());
     }
 
+    /// The runs list's `X-Poll-Interval` (GitHub: 60; the sim's default is
+    /// 1 s so polling tests stay short).
+    pub fn set_poll_interval(&self, seconds: u64) {
+        self.poll_interval.store(seconds, Ordering::Relaxed);
+    }
+
+    pub(crate) fn poll_interval(&self) -> u64 {
+        self.poll_interval.load(Ordering::Relaxed).max(1)
+    }
+
     /// Back to normal: no latency, no failures, no cuts, no revocations.
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
@@ -97,6 +109,7 @@ impl Knobs {
         self.delay_blob_answers(Duration::ZERO, 0);
         self.corrupt_blob_bodies(0);
         self.ignore_blob_ranges(0);
+        self.set_poll_interval(0);
         lock(&self.revoked).clear();
     }
 

@@ -7,7 +7,11 @@
 //! per-token ETags and 304s that cost no rate limit, `Link` pagination in the
 //! `/repositories/{id}` form, 404 (not 403) for private repositories,
 //! short-lived signed redirects to a host that rejects `Authorization`, Range
-//! requests, and injectable latency, failures and cut connections.
+//! requests, and injectable latency, failures and cut connections. For
+//! prefetch it also has completed workflow runs (a runs list with ETags and
+//! `X-Poll-Interval`), signed `workflow_run` webhook deliveries when a run
+//! completes ([`Sim::complete_run`]), and a GitHub App's installation-token
+//! endpoint that checks the App's RS256 JWT.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -22,6 +26,7 @@ mod blob;
 pub mod fixtures;
 mod knobs;
 mod routes;
+mod runs;
 mod server;
 mod state;
 mod store;
@@ -32,6 +37,7 @@ mod zip;
 mod tests;
 
 pub use knobs::Knobs;
+pub use runs::{signature, Delivery, Run};
 pub use store::{Artifact, NewArtifact};
 
 use bytes::Bytes;
@@ -102,6 +108,12 @@ pub struct Counters {
     /// API requests by route; every request counts, whatever its answer.
     pub list_repo: u64,
     pub list_run: u64,
+    /// `GET …/actions/runs`.
+    pub list_runs: u64,
+    /// `POST /app/installations/{id}/access_tokens`, whatever the answer.
+    pub app_token_requests: u64,
+    /// Installation tokens handed out (201 answers).
+    pub app_tokens_minted: u64,
     pub get: u64,
     pub delete: u64,
     pub download: u64,
@@ -143,6 +155,14 @@ impl RecordedRequest {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// What [`Sim::complete_run`] did.
+#[derive(Debug)]
+pub struct CompletedRun {
+    pub artifacts: Vec<Artifact>,
+    /// The webhook's answer status (or why it failed); `None` with no webhook set.
+    pub delivered: Option<Result<u16, String>>,
 }
 
 /// A running simulator. Dropping it (or calling [`Sim::shutdown`]) stops both
@@ -262,6 +282,105 @@ impl Sim {
     /// ETags change) and the download endpoint answers 410.
     pub fn expire_artifact(&self, id: u64) {
         lock(&self.state.store).expire(id);
+    }
+
+    /// Completed workflow runs are announced to `url` as signed
+    /// `workflow_run` deliveries (content type `application/json`).
+    pub fn set_webhook(&self, url: &str, secret: &str) {
+        *lock(&self.state.hook) = Some(runs::Hook {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+        });
+    }
+
+    /// Accepts JWTs of GitHub App `app_id` (signed with
+    /// [`fixtures::APP_PRIVATE_KEY_PEM`]) at
+    /// `POST /app/installations/{installation_id}/access_tokens`; webhook
+    /// deliveries then carry `installation.id`.
+    pub fn enable_github_app(&self, app_id: u64, installation_id: u64) {
+        *lock(&self.state.app) = Some(runs::App {
+            app_id,
+            installation_id,
+            token_lifetime: 3600,
+        });
+    }
+
+    /// Installation tokens minted from now on expire after `seconds`
+    /// (default an hour, as on GitHub).
+    pub fn set_app_token_lifetime(&self, seconds: u64) {
+        if let Some(app) = lock(&self.state.app).as_mut() {
+            app.token_lifetime = seconds;
+        }
+    }
+
+    /// Run `run_id` of "owner/name", if it completed.
+    pub fn run(&self, run_id: u64) -> Option<Run> {
+        lock(&self.state.store).run(run_id)
+    }
+
+    /// A workflow run completes with these artifacts (name, payload bytes):
+    /// they are created, the run shows in the runs list, and when a webhook
+    /// is set its signed `workflow_run` `completed` delivery is sent (its
+    /// answer in [`CompletedRun::delivered`]).
+    pub async fn complete_run(
+        &self,
+        repo: &str,
+        run_id: u64,
+        artifacts: &[(&str, usize)],
+    ) -> CompletedRun {
+        let artifacts = artifacts
+            .iter()
+            .map(|(name, payload_bytes)| {
+                self.add_artifact(NewArtifact {
+                    repo: repo.to_owned(),
+                    run_id,
+                    name: (*name).to_owned(),
+                    payload_bytes: *payload_bytes,
+                    with_digest: false,
+                    expired: false,
+                })
+            })
+            .collect();
+        lock(&self.state.store).complete_run(repo, run_id);
+        let hook = lock(&self.state.hook).clone();
+        let delivered = match hook {
+            Some(hook) => {
+                let delivery = self
+                    .completed_delivery(run_id, &hook.secret)
+                    .expect("the run was just completed");
+                Some(self.send_delivery(&delivery).await)
+            }
+            None => None,
+        };
+        CompletedRun {
+            artifacts,
+            delivered,
+        }
+    }
+
+    /// The `workflow_run` `completed` delivery of a completed run, signed
+    /// with `secret` (a fresh delivery id each call).
+    pub fn completed_delivery(&self, run_id: u64, secret: &str) -> Option<Delivery> {
+        let run = lock(&self.state.store).run(run_id)?;
+        let installation = lock(&self.state.app).map(|a| a.installation_id);
+        let body =
+            serde_json::to_vec(&run.completed_payload(&self.state.api_base, installation)).ok()?;
+        Some(Delivery::signed(
+            &self.state.request_id(),
+            "workflow_run",
+            body,
+            secret,
+        ))
+    }
+
+    /// POSTs a delivery to the webhook URL (see [`Sim::set_webhook`]);
+    /// answers the status, or why there is none.
+    pub async fn send_delivery(&self, delivery: &Delivery) -> Result<u16, String> {
+        let url = lock(&self.state.hook)
+            .as_ref()
+            .map(|h| h.url.clone())
+            .ok_or("no webhook set")?;
+        runs::post(&url, delivery).await
     }
 
     /// Stops both listeners and waits until their tasks are gone.

@@ -18,6 +18,10 @@ pub(crate) enum Route {
     Repo(RepoKey),
     ListRepo(RepoKey),
     ListRun(RepoKey, u64),
+    /// `GET …/actions/runs` (completed runs only in the sim).
+    ListRuns(RepoKey),
+    /// `POST /app/installations/{id}/access_tokens` (a GitHub App's JWT).
+    AppToken(u64),
     Get(RepoKey, u64),
     Delete(RepoKey, u64),
     /// The last field is the archive format (only `zip` exists).
@@ -30,6 +34,8 @@ pub(crate) enum Route {
 pub(crate) enum Kind {
     ListRepo,
     ListRun,
+    ListRuns,
+    AppToken,
     Get,
     Delete,
     Download,
@@ -48,6 +54,12 @@ impl Route {
         match segs.as_slice() {
             ["meta"] if read => Route::Meta,
             ["markdown", "raw"] if *method == Method::POST => Route::MarkdownRaw,
+            ["app", "installations", id, "access_tokens"] if *method == Method::POST => {
+                match id.parse::<u64>() {
+                    Ok(id) => Route::AppToken(id),
+                    Err(_) => Route::NotFound,
+                }
+            }
             ["repos", owner, repo, tail @ ..] if !owner.is_empty() && !repo.is_empty() => {
                 Self::repo_route(
                     method,
@@ -69,6 +81,7 @@ impl Route {
         match tail {
             [] if read => Route::Repo(key),
             ["actions", "artifacts"] if read => Route::ListRepo(key),
+            ["actions", "runs"] if read => Route::ListRuns(key),
             ["actions", "runs", run, "artifacts"] if read => match num(run) {
                 Some(run) => Route::ListRun(key, run),
                 None => Route::NotFound,
@@ -90,6 +103,8 @@ impl Route {
         match self {
             Route::ListRepo(_) => Kind::ListRepo,
             Route::ListRun(..) => Kind::ListRun,
+            Route::ListRuns(_) => Kind::ListRuns,
+            Route::AppToken(_) => Kind::AppToken,
             Route::Get(..) => Kind::Get,
             Route::Delete(..) => Kind::Delete,
             Route::Download(..) => Kind::Download,

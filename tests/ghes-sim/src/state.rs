@@ -31,6 +31,10 @@ pub(crate) struct State {
     pub knobs: Knobs,
     pub api_log: Log,
     pub blob_log: Log,
+    /// Where completed runs are announced (`Sim::set_webhook`).
+    pub hook: Mutex<Option<crate::runs::Hook>>,
+    /// The GitHub App whose JWTs the token endpoint accepts.
+    pub app: Mutex<Option<crate::runs::App>>,
     /// Signs blob URLs; random per instance so URLs of another run never work.
     secret: String,
     seq: AtomicU64,
@@ -63,6 +67,8 @@ impl State {
             knobs: Knobs::default(),
             api_log: Log::default(),
             blob_log: Log::default(),
+            hook: Mutex::new(None),
+            app: Mutex::new(None),
             secret,
             seq: AtomicU64::new(0),
         }

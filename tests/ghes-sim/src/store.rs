@@ -1,6 +1,7 @@
 //! The simulator's data: repositories, artifacts and their zips, in memory.
 
 use crate::fixtures::{self, FIRST_ARTIFACT_ID, REPOS, SEEDS};
+use crate::runs::Run;
 use crate::util::{base64, now_unix, rfc3339, sha256_hex};
 use crate::zip;
 use bytes::Bytes;
@@ -75,6 +76,9 @@ pub(crate) struct Store {
     /// Deleted ids: a download of one answers 410 like GitHub, not 404.
     deleted: BTreeSet<u64>,
     next_id: u64,
+    /// Completed workflow runs by id (the seeded artifacts' runs, and those
+    /// a test completes).
+    runs: BTreeMap<u64, Run>,
 }
 
 impl Store {
@@ -96,9 +100,11 @@ impl Store {
             artifacts: BTreeMap::new(),
             deleted: BTreeSet::new(),
             next_id: FIRST_ARTIFACT_ID,
+            runs: BTreeMap::new(),
         };
         if seed {
             for (repo, run_id, name, payload_bytes, with_digest, expired) in SEEDS {
+                store.complete_run(repo, run_id);
                 store.add(NewArtifact {
                     repo: repo.to_string(),
                     run_id,
@@ -204,6 +210,29 @@ impl Store {
             Some(repo) => self.list(repo.id, None),
             None => Vec::new(),
         }
+    }
+
+    /// Marks run `id` of "owner/name" completed now (creating the
+    /// repository like `add` does) and returns it.
+    pub fn complete_run(&mut self, full: &str, id: u64) -> Run {
+        let repo = self.repo_or_create(full);
+        let run = Run::completed(&repo, id);
+        self.runs.insert(id, run.clone());
+        run
+    }
+
+    pub fn run(&self, id: u64) -> Option<Run> {
+        self.runs.get(&id).cloned()
+    }
+
+    /// Completed runs of one repository, newest (highest id) first.
+    pub fn runs(&self, repo_id: u64) -> Vec<Run> {
+        self.runs
+            .values()
+            .rev()
+            .filter(|r| r.repository_id == repo_id)
+            .cloned()
+            .collect()
     }
 
     pub fn delete(&mut self, id: u64) -> bool {

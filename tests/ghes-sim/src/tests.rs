@@ -645,3 +645,119 @@ async fn advertised_host_names_every_url_it_hands_out() {
         zip.header("location")
     );
 }
+
+#[tokio::test]
+async fn runs_list_revalidates_and_shows_a_completed_run() {
+    let sim = start().await;
+    sim.knobs().set_poll_interval(7);
+    let path = "/repos/octo-org/private-repo/actions/runs?status=completed";
+    let first = get(&sim, path, Some(READER_TOKEN)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("x-poll-interval"), "7");
+    let ids = |r: &Resp| -> Vec<u64> {
+        r.json()["workflow_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&first), vec![6001]);
+    let etag = first.header("etag").to_owned();
+    let auth = format!("token {READER_TOKEN}");
+    let conditional = [
+        ("authorization", auth.as_str()),
+        ("if-none-match", etag.as_str()),
+    ];
+    let api = format!("/api/v3{path}");
+    let again = send(
+        sim.api_addr(),
+        Method::GET,
+        &api,
+        &conditional,
+        Bytes::new(),
+        false,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+
+    let done = sim.complete_run(PRIVATE_REPO, 6002, &[("dist", 100)]).await;
+    assert!(done.delivered.is_none(), "no webhook set");
+    let after = send(
+        sim.api_addr(),
+        Method::GET,
+        &api,
+        &conditional,
+        Bytes::new(),
+        false,
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(ids(&after), vec![6002, 6001]);
+    assert_eq!(sim.counters().list_runs, 3);
+}
+
+#[tokio::test]
+async fn app_token_needs_the_apps_jwt() {
+    let sim = start().await;
+    sim.enable_github_app(42, 77);
+    let now = crate::util::now_unix();
+    let jwt = |iss: &str, key: &[u8]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": iss}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(key).unwrap(),
+        )
+        .unwrap()
+    };
+    let post = |installation: u64, bearer: String| {
+        let addr = sim.api_addr();
+        async move {
+            let auth = format!("Bearer {bearer}");
+            send(
+                addr,
+                Method::POST,
+                &format!("/api/v3/app/installations/{installation}/access_tokens"),
+                &[("authorization", auth.as_str())],
+                Bytes::new(),
+                false,
+            )
+            .await
+        }
+    };
+    let good = post(77, jwt("42", APP_PRIVATE_KEY_PEM)).await;
+    assert_eq!(good.status, StatusCode::CREATED);
+    assert_eq!(good.json()["token"], APP_INSTALLATION_TOKEN);
+    assert_eq!(
+        post(77, jwt("43", APP_PRIVATE_KEY_PEM)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(77, "not.a.jwt".into()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(78, jwt("42", APP_PRIVATE_KEY_PEM)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let c = sim.counters();
+    assert_eq!((c.app_token_requests, c.app_tokens_minted), (4, 1));
+    // The minted token reads private repositories.
+    let r = get(
+        &sim,
+        "/repos/octo-org/private-repo/actions/artifacts",
+        Some(APP_INSTALLATION_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[test]
+fn deliveries_are_signed_like_github() {
+    // GitHub's documented example: secret "It's a Secret to Everybody",
+    // payload "Hello, World!".
+    assert_eq!(
+        crate::signature("It's a Secret to Everybody", b"Hello, World!"),
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    );
+}
