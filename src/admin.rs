@@ -19,12 +19,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::blobs::{BlobStore, StoreLimits};
+use crate::blob_store::local::repair::{self, RepairError};
+use crate::blob_store::{BlobStore, StoreLimits};
 use crate::clock::{millis, now_ms};
 use crate::config::{ConfigArgs, ConfigError, Layer, Settings};
 use crate::index::{Index, IndexOpenError};
 use crate::metrics::Metrics;
-use crate::repair::{self, RepairError};
 use crate::router::{self, RepoRef};
 use crate::upstream::{BlobFetcher, UpstreamSetupError};
 

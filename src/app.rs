@@ -10,7 +10,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 
 use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
-use crate::blobs::Swept;
+use crate::blob_store::Swept;
 use crate::body::{Body, BoxError};
 use crate::config::{Settings, StatusPage};
 use crate::credential::{ConnCredential, CredentialId, InstanceSecret};
@@ -19,7 +19,8 @@ use crate::error::MirrorError;
 use crate::health;
 use crate::index::Index;
 use crate::json_cache::JsonCache;
-use crate::metrics::{self, CacheOutcome, Eviction, Metrics};
+use crate::metrics::{self, Metrics};
+use crate::outcome::{CacheOutcome, Eviction};
 use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{self, ArtifactRoute, Route, RouteError};
 use crate::status;
@@ -195,7 +196,8 @@ impl App {
                     self.json.purge_repo(repo);
                     self.downloads
                         .blobs()
-                        .remove(artifact_id, Eviction::Deleted);
+                        .remove(artifact_id, Eviction::Deleted)
+                        .await;
                 }
                 Ok(response)
             }

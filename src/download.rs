@@ -16,15 +16,17 @@ use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::access::{Access, Standing};
-use crate::blobs::{self, Available, BlobStore, Facts, FillError, Relocate, Source};
+use crate::blob_store::{self, Available, BlobStore, FillState, Relocate, Source};
 use crate::body::{self, Body};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::credential::InstanceSecret;
+use crate::error::FillError;
 use crate::error::MirrorError;
+use crate::index::Facts;
 use crate::index::Index;
-use crate::json_cache::{JsonCache, Verdict, X_CACHE};
-use crate::metrics::{CacheOutcome, Eviction};
+use crate::json_cache::{JsonCache, Verdict};
+use crate::outcome::{CacheOutcome, Eviction, X_CACHE};
 use crate::rewrite::PublicBase;
 use crate::router::RepoRef;
 use crate::signing::Signer;
@@ -84,7 +86,7 @@ impl Downloads {
         }
     }
 
-    pub fn blobs(&self) -> &BlobStore {
+    pub fn blobs(&self) -> &Arc<BlobStore> {
         &self.blobs
     }
 
@@ -127,8 +129,8 @@ impl Downloads {
                         self.access.allow(artifact, credential, now);
                     }
                     let status = match self.blobs.lookup(artifact) {
-                        Some(Available::Stored(..)) => Some("HIT"),
-                        Some(Available::Filling(_)) => Some("COALESCED"),
+                        Some(Available::Stored(..)) => Some(CacheOutcome::Hit),
+                        Some(Available::Filling(_)) => Some(CacheOutcome::Coalesced),
                         Some(Available::Failed(_)) | None => None,
                     };
                     if let Some(status) = status {
@@ -172,17 +174,17 @@ impl Downloads {
                 self.refuse_if_expired(artifact).await?;
                 self.access.allow(artifact, credential, now);
                 let status = match self.blobs.lookup(artifact) {
-                    Some(Available::Stored(..)) => "HIT",
-                    Some(Available::Filling(_)) => "COALESCED",
+                    Some(Available::Stored(..)) => CacheOutcome::Hit,
+                    Some(Available::Filling(_)) => CacheOutcome::Coalesced,
                     Some(Available::Failed(_)) | None => {
                         let mut facts = self.facts(artifact);
                         facts.repo = Some(crate::json_cache::repo_id(repo));
                         let relocate = self.relocator(path, authorization, client);
                         let (_, joined) = self.blobs.fill(artifact, location, facts, relocate);
                         if joined {
-                            "COALESCED"
+                            CacheOutcome::Coalesced
                         } else {
-                            "MISS"
+                            CacheOutcome::Miss
                         }
                     }
                 };
@@ -191,7 +193,7 @@ impl Downloads {
                 Ok(response)
             }
             StatusCode::GONE => {
-                self.blobs.remove(artifact, Eviction::Expired);
+                self.blobs.remove(artifact, Eviction::Expired).await;
                 Ok(response)
             }
             _ => Ok(response),
@@ -293,7 +295,7 @@ impl Downloads {
         &self,
         origin: &str,
         artifact: u64,
-        status: &'static str,
+        status: CacheOutcome,
         upstream: Option<Response<Body>>,
     ) -> Response<Body> {
         let location = format!(
@@ -311,7 +313,7 @@ impl Downloads {
         if let Ok(v) = HeaderValue::from_str(&location) {
             headers.insert(header::LOCATION, v);
         }
-        headers.insert(X_CACHE, HeaderValue::from_static(status));
+        headers.insert(X_CACHE, status.x_cache());
         response
     }
 
@@ -329,14 +331,14 @@ impl Downloads {
         // download endpoint now gives, not a "never fetched" 404.
         self.refuse_if_expired(artifact).await?;
         let (total, name, etag, modified, source, cache) = match self.blobs.lookup(artifact) {
-            Some(Available::Stored(record, path)) => {
+            Some(Available::Stored(record)) => {
                 // Opened now, so an eviction from here on cannot cut the
                 // answer short; a record whose file is gone is dropped.
-                let file = match blobs::open(&path).await {
+                let file = match self.blobs.open_blob(&record).await {
                     Ok(file) => file,
                     Err(e) => {
                         tracing::warn!(artifact, error = %e, "blob file missing; record dropped");
-                        self.blobs.remove(artifact, Eviction::Deleted);
+                        self.blobs.remove(artifact, Eviction::Deleted).await;
                         return Err(MirrorError::BlobUnavailable);
                     }
                 };
@@ -353,37 +355,38 @@ impl Downloads {
             Some(Available::Failed(e)) => return Err(MirrorError::Fill(e)),
             Some(Available::Filling(fill)) => {
                 let mut state = fill.state();
-                let known = match tokio::time::timeout(
-                    SIZE_WAIT,
-                    state.wait_for(|s| s.total.is_some() || s.outcome.is_some()),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s.clone(),
-                    _ => return Err(MirrorError::Fill(Arc::new(FillError::NoAnswer))),
+                let known =
+                    match tokio::time::timeout(SIZE_WAIT, state.wait_for(FillState::size_known))
+                        .await
+                    {
+                        Ok(Ok(s)) => s.clone(),
+                        _ => return Err(MirrorError::Fill(Arc::new(FillError::NoAnswer))),
+                    };
+                let running = !known.ended();
+                let (mut total, name) = match known {
+                    FillState::Failed(e) => return Err(MirrorError::Fill(e)),
+                    FillState::Verified(record) => (record.size, Some(record.name)),
+                    FillState::Running { total, name, .. } => (total.unwrap_or(0), name),
                 };
-                if let Some(Err(e)) = known.outcome {
-                    return Err(MirrorError::Fill(e));
-                }
-                let mut total = known.total.unwrap_or(0);
-                if total == 0 && known.outcome.is_none() {
+                if total == 0 && running {
                     // An empty answer carries no last byte to hold back
-                    // (see `blobs::pump_file`): once sent, "0 bytes" is
+                    // (see `blob_store::staging::pump_file`): once sent, "0 bytes" is
                     // complete. So it waits for the verdict; a size taken
                     // from JSON may yet prove wrong.
                     let verdict = state
-                        .wait_for(|s| s.outcome.is_some())
+                        .wait_for(FillState::ended)
                         .await
                         .map_err(|_| MirrorError::Fill(Arc::new(FillError::Stopped)))?
-                        .outcome
                         .clone();
                     match verdict {
-                        Some(Ok(record)) => total = record.size,
-                        Some(Err(e)) => return Err(MirrorError::Fill(e)),
-                        None => return Err(MirrorError::Fill(Arc::new(FillError::Stopped))),
+                        FillState::Verified(record) => total = record.size,
+                        FillState::Failed(e) => return Err(MirrorError::Fill(e)),
+                        FillState::Running { .. } => {
+                            return Err(MirrorError::Fill(Arc::new(FillError::Stopped)))
+                        }
                     }
                 }
-                let name = known.name.unwrap_or_else(|| format!("artifact-{artifact}"));
+                let name = name.unwrap_or_else(|| format!("artifact-{artifact}"));
                 (
                     total,
                     name,
@@ -416,7 +419,7 @@ impl Downloads {
         let body = if parts.method == Method::HEAD {
             body::empty()
         } else {
-            blobs::read_range(source, start, end).boxed()
+            blob_store::read_range(source, start, end).boxed()
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;

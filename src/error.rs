@@ -67,6 +67,33 @@ impl FillError {
     }
 }
 
+/// Why a delivery was refused; [`WebhookError::status`] is its status.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("Webhook payload over {max_mb} MB")]
+    TooLarge { max_mb: usize },
+    #[error("X-Hub-Signature-256 is missing or does not match the payload and the webhook secret")]
+    BadSignature,
+    #[error("Webhook payload is not valid: {0}")]
+    Malformed(String),
+    #[error("Too many webhook deliveries at once")]
+    Busy,
+    #[error("Webhook payload not received within {seconds} s")]
+    Slow { seconds: u64 },
+}
+
+impl WebhookError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::BadSignature => StatusCode::UNAUTHORIZED,
+            WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Slow { .. } => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error(transparent)]
@@ -97,7 +124,7 @@ pub enum MirrorError {
     #[error("The mirror has too many requests waiting for GHES; retry in {0} s")]
     Overloaded(u64),
     #[error(transparent)]
-    Webhook(#[from] crate::prefetch::webhook::WebhookError),
+    Webhook(#[from] WebhookError),
 }
 
 impl MirrorError {
@@ -182,17 +209,6 @@ fn documented_error_body(message: &str, documentation_url: &str) -> bytes::Bytes
     })
     .unwrap_or_default()
     .into()
-}
-
-/// A GitHub-style JSON error answer.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(body::full(error_body(message)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -50,12 +50,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         (value, !ran)
     }
 
-    /// Runs in flight now (for tests and metrics).
-    pub fn len(&self) -> usize {
+    /// Runs in flight now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

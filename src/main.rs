@@ -130,7 +130,7 @@ async fn serve(settings: Settings) -> ExitCode {
         .run(async {
             shutdown_signal().await;
             // A second signal ends the process at once. Nothing is left
-            // corrupt by that: sled recovers from an unflushed log, a blob
+            // corrupt by that: the index recovers from an unflushed log, a blob
             // is recorded only after its file is whole and in place, and
             // partial files in tmp/ are cleared at the next start.
             tokio::spawn(async {

@@ -38,14 +38,6 @@ pub fn create_file(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// [`create_dir_all`] on the blocking pool.
-pub async fn create_dir_all_async(path: &Path) -> io::Result<()> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || create_dir_all(&path))
-        .await
-        .map_err(io::Error::other)?
-}
-
 /// [`create_file`] on the blocking pool, as a tokio file.
 pub async fn create_file_async(path: &Path) -> io::Result<tokio::fs::File> {
     let path = path.to_owned();

@@ -147,11 +147,6 @@ impl Rewriter {
         }
     }
 
-    /// The public base this rewriter writes, part of the JSON cache key.
-    pub fn public_base(&self) -> &str {
-        &self.to
-    }
-
     /// Rewrites `<URL>` references in a `Link` header value.
     pub fn link(&self, value: &str) -> String {
         self.replace_after(value, '<')

@@ -25,7 +25,7 @@ mod guard;
 use guard::{ConnState, Guarded, Limits, Tracked};
 
 use crate::app::App;
-use crate::blobs::{BlobStore, StoreLimits};
+use crate::blob_store::{BlobStore, StoreLimits};
 use crate::config::Settings;
 use crate::credential::{ConnCredential, CredentialId, InstanceSecret};
 use crate::download::Downloads;

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 
-use crate::blobs::{FillOutcome, FillView};
+use crate::blob_store::{FillOutcome, FillView};
 use crate::body::{self, Body};
 use crate::config::StatusPage;
 use crate::metrics::{Live, Metrics, Totals, COMMIT};

@@ -4,12 +4,12 @@
 use std::collections::BTreeSet;
 
 use super::AdminError;
-use crate::blobs::BlobStore;
+use crate::blob_store::local::repair;
+use crate::blob_store::BlobStore;
 use crate::index::Facts;
 use crate::index::{Index, IndexStats};
 use crate::json_cache;
-use crate::metrics::Eviction;
-use crate::repair;
+use crate::outcome::Eviction;
 use crate::router::RepoRef;
 
 /// What to drop.
@@ -47,7 +47,7 @@ pub fn purge(
         // a crash in between leaves records without files, which the next
         // start drops, never sidecars that would bring blobs back.
         for (id, _) in store.records()? {
-            store.remove(id, Eviction::Deleted);
+            store.remove_now(id, Eviction::Deleted);
         }
         repair::remove_all_files(data_dir)?;
         index.clear_all()?;
@@ -83,7 +83,7 @@ pub fn purge(
         for id in ids {
             // The blob (its file when no other artifact shares it), its
             // sidecar entry and every credential's grant…
-            store.remove(id, Eviction::Deleted);
+            store.remove_now(id, Eviction::Deleted);
             // …and what cached JSON said of it.
             index.facts().remove(id)?;
         }

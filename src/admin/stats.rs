@@ -11,10 +11,10 @@ use serde::Serialize;
 use super::metrics::{self, Figures};
 use super::server_file::ServerFile;
 use super::{holder, AdminError};
+use crate::blob_store::local::repair;
 use crate::config::Settings;
 use crate::index::BlobRecord;
 use crate::index::{Index, IndexStats};
-use crate::repair;
 
 /// Time allowed for the server's `/metrics` answer.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(3);

@@ -12,23 +12,7 @@ use http_cache_semantics::CachePolicy;
 use crate::body::{self, Body};
 use crate::clock::{millis, unix_ms};
 use crate::error::MirrorError;
-use crate::metrics::CacheOutcome;
-
-/// `X-Cache` for how an answer was produced. Coalesced callers are told
-/// what the shared trip was (the flight's leader's status).
-pub(super) fn x_cache(outcome: CacheOutcome) -> HeaderValue {
-    HeaderValue::from_static(match outcome {
-        CacheOutcome::Hit => "HIT",
-        CacheOutcome::Revalidated => "REVALIDATED",
-        CacheOutcome::Miss => "MISS",
-        CacheOutcome::Bypass => "BYPASS",
-        CacheOutcome::Stale => "STALE",
-        CacheOutcome::Coalesced => "COALESCED",
-        CacheOutcome::Filling => "FILLING",
-    })
-}
-
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+use crate::outcome::{CacheOutcome, X_CACHE};
 
 /// One cached answer: upstream's headers and body with URLs rewritten to the
 /// mirror, and the policy that says when it must be revalidated.
@@ -80,7 +64,7 @@ impl Entry {
         let validated = UNIX_EPOCH + Duration::from_millis(validated_at);
         let ttl = millis(policy.time_to_live(validated)).min(millis(max_fresh));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        headers.insert(X_CACHE, x_cache(CacheOutcome::Hit));
+        headers.insert(X_CACHE, CacheOutcome::Hit.x_cache());
         Entry {
             headers,
             body,
@@ -175,7 +159,7 @@ impl Entry {
         let mut headers = self.headers.clone();
         if status != CacheOutcome::Hit {
             if let Some(slot) = headers.get_mut(X_CACHE) {
-                *slot = x_cache(status);
+                *slot = status.x_cache();
             }
         }
         let mut response = if not_modified {
@@ -222,7 +206,7 @@ impl Buffered {
         *response.headers_mut() = self.headers.clone();
         response
             .headers_mut()
-            .insert(X_CACHE, x_cache(CacheOutcome::Bypass));
+            .insert(X_CACHE, CacheOutcome::Bypass.x_cache());
         response.extensions_mut().insert(CacheOutcome::Bypass);
         response
     }

@@ -24,20 +24,19 @@ use http::{request, Method, Request, Response, StatusCode};
 use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 
 use crate::access_log::UpstreamStatus;
-use crate::blobs::BlobStore;
+use crate::blob_store::BlobStore;
 use crate::body::{self, Body};
 use crate::clock::{millis, now_secs, unix_ms};
 use crate::config::{Revalidate, Settings};
 use crate::error::MirrorError;
 use crate::flight::Flights;
 use crate::index::{Facts, Index};
-use crate::metrics::CacheOutcome;
+use crate::outcome::{CacheOutcome, X_CACHE};
 use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{ArtifactRoute, RepoRef};
 use crate::upstream::{ClientInfo, Upstream};
 
-use entry::{any_changed, x_cache, Buffered, Entry, Outcome, PERSISTED_ON_CHANGE};
-pub use entry::{etag_matches, X_CACHE};
+use entry::{any_changed, Buffered, Entry, Outcome, PERSISTED_ON_CHANGE};
 use key::{cacheable_query, policy_request, repo_prefix, Key};
 pub use key::{repo_id, repo_prefixes};
 use tiers::{Persist, Store};
@@ -187,7 +186,7 @@ impl JsonCache {
             }
             response
                 .headers_mut()
-                .insert(X_CACHE, x_cache(CacheOutcome::Bypass));
+                .insert(X_CACHE, CacheOutcome::Bypass.x_cache());
             response.extensions_mut().insert(CacheOutcome::Bypass);
             return Ok(response);
         }

@@ -12,10 +12,11 @@ use http::{Request, Response, StatusCode, Uri};
 use tokio::sync::Semaphore;
 
 use super::credential::Credential;
-use super::metrics::{PrefetchMetrics, Skip};
 use super::queue::RunJob;
-use crate::blobs::{Available, BlobStore, Facts, Relocate};
+use crate::blob_store::{Available, BlobStore, FillState, Relocate};
 use crate::body::{self, Body};
+use crate::index::Facts;
+use crate::metrics::prefetch::{PrefetchMetrics, Skip};
 use crate::router::RepoRef;
 use crate::upstream::Upstream;
 
@@ -177,22 +178,22 @@ impl Fetcher {
             return;
         }
         let mut state = fill.state();
-        let outcome = state
-            .wait_for(|s| s.outcome.is_some())
+        let ended = state
+            .wait_for(FillState::ended)
             .await
             .ok()
-            .and_then(|s| s.outcome.clone());
-        match outcome {
-            Some(Ok(record)) => {
+            .map(|s| s.clone());
+        match ended {
+            Some(FillState::Verified(record)) => {
                 tracing::info!(artifact = artifact.id, size = record.size, "prefetched");
                 self.metrics.artifacts.inc();
                 self.metrics.bytes.inc_by(record.size);
             }
-            Some(Err(e)) => {
+            Some(FillState::Failed(e)) => {
                 tracing::warn!(artifact = artifact.id, error = %e, "prefetch fill failed");
                 self.metrics.errors.inc();
             }
-            None => {
+            Some(FillState::Running { .. }) | None => {
                 self.metrics.errors.inc();
             }
         }

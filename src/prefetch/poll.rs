@@ -15,8 +15,8 @@ use http::StatusCode;
 
 use super::credential::Credential;
 use super::fetch::get_with;
-use super::metrics::PrefetchMetrics;
 use super::queue::{Queue, RunJob};
+use crate::metrics::prefetch::PrefetchMetrics;
 use crate::upstream::Upstream;
 
 /// Largest runs-list body read.

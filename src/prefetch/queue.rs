@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::metrics::PrefetchMetrics;
+use crate::metrics::prefetch::PrefetchMetrics;
 
 /// A run to prefetch: its repository, id, and the App installation that
 /// announced it (from a webhook payload), if any.

@@ -15,9 +15,10 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use super::metrics::{Delivery, PrefetchMetrics};
 use super::queue::{Queue, RunJob};
 use crate::body::{self, Body};
+pub use crate::error::WebhookError;
+use crate::metrics::prefetch::{Delivery, PrefetchMetrics};
 use crate::router::{parse_full_name, RepoRef};
 
 /// GitHub caps a delivery's payload at 25 MB.
@@ -36,33 +37,6 @@ const BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// Delivery ids remembered for the replay check. GitHub redelivers by hand
 /// or on failure, within minutes: a few thousand ids cover that window.
 const REMEMBERED: usize = 4096;
-
-/// Why a delivery was refused; [`crate::error`] turns each into its status.
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    #[error("Webhook payload over {} MB", MAX_BODY / (1024 * 1024))]
-    TooLarge,
-    #[error("X-Hub-Signature-256 is missing or does not match the payload and the webhook secret")]
-    BadSignature,
-    #[error("Webhook payload is not valid: {0}")]
-    Malformed(String),
-    #[error("Too many webhook deliveries at once")]
-    Busy,
-    #[error("Webhook payload not received within {} s", BODY_TIME.as_secs())]
-    Slow,
-}
-
-impl WebhookError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            WebhookError::BadSignature => StatusCode::UNAUTHORIZED,
-            WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
-            WebhookError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            WebhookError::Slow => StatusCode::REQUEST_TIMEOUT,
-        }
-    }
-}
 
 /// The fields of a delivery the mirror reads.
 #[derive(Deserialize)]
@@ -159,11 +133,15 @@ impl Receiver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(WebhookError::TooLarge);
+            return Err(WebhookError::TooLarge {
+                max_mb: MAX_BODY / (1024 * 1024),
+            });
         }
         let body = tokio::time::timeout(BODY_TIME, read_body(body))
             .await
-            .map_err(|_| WebhookError::Slow)??;
+            .map_err(|_| WebhookError::Slow {
+                seconds: BODY_TIME.as_secs(),
+            })??;
         verify(&self.secret, &parts.headers, &body)?;
         let payload: Payload = serde_json::from_slice(&body)
             .map_err(|e| WebhookError::Malformed(format!("not JSON of a GitHub event: {e}")))?;
@@ -252,7 +230,9 @@ async fn read_body(mut body: Body) -> Result<Bytes, WebhookError> {
             .map_err(|e| WebhookError::Malformed(format!("the body could not be read: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_BODY {
-                return Err(WebhookError::TooLarge);
+                return Err(WebhookError::TooLarge {
+                    max_mb: MAX_BODY / (1024 * 1024),
+                });
             }
             buf.extend_from_slice(&data);
         }

@@ -5,6 +5,8 @@
 //! each must report exactly its own traffic. No label carries token-derived
 //! data: routes, cache outcomes, status classes and reasons only.
 
+pub(crate) mod prefetch;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,81 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-/// What the mirror did for a request on a cacheable route; a response
-/// extension read once, where the request is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheOutcome {
-    /// Answered from a fresh entry (or a young grant) without upstream.
-    Hit,
-    /// Upstream confirmed the entry with a free 304.
-    Revalidated,
-    /// Upstream sent a full answer that was stored.
-    Miss,
-    /// Answered by another request's upstream call or fill.
-    Coalesced,
-    /// Not storable: passed through.
-    Bypass,
-    /// Upstream failed and a stored answer stood in (opt-in).
-    Stale,
-    /// Blob bytes streamed from a fill still in progress.
-    Filling,
-}
-
-impl CacheOutcome {
-    fn label(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Revalidated => "revalidated",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Coalesced => "coalesced",
-            CacheOutcome::Bypass => "bypass",
-            CacheOutcome::Stale => "stale",
-            CacheOutcome::Filling => "filling",
-        }
-    }
-
-    /// Whether the answer came from the cache, for the hit ratio; `None`
-    /// when the outcome is not one of the ratio's (`filling`).
-    fn answered_by_cache(self) -> Option<bool> {
-        match self {
-            CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Coalesced => Some(true),
-            CacheOutcome::Miss | CacheOutcome::Bypass | CacheOutcome::Stale => Some(false),
-            CacheOutcome::Filling => None,
-        }
-    }
-
-    /// Whether a direct call to GHES would have cost a rate-limit unit the
-    /// mirror did not spend.
-    fn saves_rate_limit(self) -> bool {
-        matches!(
-            self,
-            CacheOutcome::Hit | CacheOutcome::Revalidated | CacheOutcome::Coalesced
-        )
-    }
-}
-
-/// Why a blob left the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eviction {
-    Quota,
-    Expired,
-    Deleted,
-}
-
-impl Eviction {
-    fn label(self) -> &'static str {
-        match self {
-            Eviction::Quota => "quota",
-            Eviction::Expired => "expired",
-            Eviction::Deleted => "deleted",
-        }
-    }
-}
-
-/// The route an upstream request is made for, carried as a request
-/// extension so the one upstream client can label what it sends.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamRoute(pub &'static str);
+use crate::outcome::{CacheOutcome, Eviction};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -216,7 +144,7 @@ pub struct Metrics {
     /// `(unix second, totals)`, oldest first, one a minute.
     history: Mutex<VecDeque<(u64, Totals)>>,
     /// Webhook deliveries, prefetched runs and bytes, the prefetch queue.
-    prefetch: std::sync::Arc<crate::prefetch::PrefetchMetrics>,
+    prefetch: std::sync::Arc<prefetch::PrefetchMetrics>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -231,7 +159,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn prefetch(&self) -> &std::sync::Arc<crate::prefetch::PrefetchMetrics> {
+    pub fn prefetch(&self) -> &std::sync::Arc<prefetch::PrefetchMetrics> {
         &self.prefetch
     }
 

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::sidecar::{self, Sidecar};
 use crate::access::Access;
 use crate::credential::hex;
 use crate::index::BlobRecord;
 use crate::index::Index;
-use crate::sidecar::{self, Sidecar};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepairError {
