@@ -15,13 +15,14 @@ pub(crate) mod clock;
 #[doc(hidden)]
 pub use clock::advance as advance_clock;
 pub mod config;
-pub(crate) mod credential;
+pub mod credential;
 pub(crate) mod download;
 pub(crate) mod error;
 pub(crate) mod flight;
 pub(crate) mod health;
 pub mod index;
 pub(crate) mod json_cache;
+pub(crate) mod log_queue;
 pub(crate) mod metrics;
 pub(crate) mod outcome;
 pub(crate) mod prefetch;
