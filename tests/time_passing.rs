@@ -1,6 +1,7 @@
 //! What changes as wall time passes, with the mirror's clock advanced
 //! instead of slept through: a fresh JSON entry goes stale, a young grant
-//! ends `max_fresh` after upstream last said yes.
+//! ends `max_fresh` after upstream last said yes, a signed blob URL expires
+//! and an entry ages past `stale_if_error`.
 //!
 //! The clock is one per process, so these tests live in their own binary
 //! and take turns ([`TURN`]): one advancing it would disturb the other.
@@ -146,4 +147,87 @@ async fn a_young_grant_ends_max_fresh_after_upstream_last_said_yes() {
         ),
         Err(denied) => assert_eq!(denied.status, StatusCode::NOT_FOUND),
     }
+}
+
+/// A signed blob URL works until `blob_url_ttl`, then says it expired; a
+/// tampered or unsigned one is refused for that reason, never its age (the
+/// TTL is wide and the clock, not the machine, moves past it).
+#[tokio::test]
+async fn blob_urls_need_a_valid_unexpired_signature_for_that_artifact() {
+    let _turn = TURN.lock().await;
+    let ttl = Duration::from_secs(60);
+    let h = Harness::start_with(|l| l.blob_url_ttl = Some(Span(ttl))).await;
+    let mut ids = Vec::new();
+    let mut locations = Vec::new();
+    for name in ["a", "b"] {
+        let art = h
+            .sim
+            .add_artifact(artifact(PUBLIC_REPO, 9001, name, 10_000));
+        let path = format!("/repos/{PUBLIC_REPO}/actions/artifacts/{}/zip", art.id);
+        let redirect = get(&h.url(&path), Some(READER_TOKEN)).await;
+        assert_eq!(redirect.status, StatusCode::FOUND);
+        let location = redirect.header("location").expect("location").to_owned();
+        assert_eq!(get(&location, None).await.status, StatusCode::OK);
+        ids.push(art.id);
+        locations.push(location);
+    }
+    let location = &locations[0];
+    let query = location.split_once('?').unwrap().1.to_owned();
+
+    let mut tampered = location.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
+    let cases = [
+        (
+            String::from_utf8(tampered).unwrap(),
+            "Blob URL signature does not match",
+        ),
+        (
+            format!("http://{}/_mirror/blobs/{}?{query}", h.mirror, ids[1]),
+            "Blob URL signature does not match",
+        ),
+        (
+            format!("http://{}/_mirror/blobs/{}", h.mirror, ids[0]),
+            "Blob URL is not signed",
+        ),
+    ];
+    for (url, message) in &cases {
+        let r = get(url, None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{url}");
+        assert_eq!(r.json()["message"], *message, "{url}");
+    }
+    // Still valid within the TTL...
+    advance_clock(ttl / 2);
+    assert_eq!(get(location, None).await.status, StatusCode::OK);
+    // ...and expired past it.
+    advance_clock(ttl / 2 + Duration::from_secs(1));
+    let expired = get(location, None).await;
+    assert_eq!(expired.status, StatusCode::FORBIDDEN);
+    assert_eq!(expired.json()["message"], "Blob URL has expired");
+}
+
+/// Past `stale_if_error` since upstream last validated it, the entry stays
+/// quiet and upstream's failure goes through; within it, it answers.
+#[tokio::test]
+async fn an_entry_older_than_stale_if_error_is_not_served() {
+    let _turn = TURN.lock().await;
+    let limit = Duration::from_secs(60);
+    let h = Harness::start_with(|l| l.stale_if_error = Some(Span(limit))).await;
+    let list = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    let first = get(&list, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&first), "MISS");
+
+    advance_clock(limit / 2);
+    h.sim.knobs().fail_next(1, 503);
+    let recent = get(&list, Some(READER_TOKEN)).await;
+    assert_eq!((recent.status, x_cache(&recent)), (StatusCode::OK, "STALE"));
+
+    advance_clock(limit / 2 + Duration::from_secs(1));
+    h.sim.knobs().fail_next(1, 503);
+    let old = get(&list, Some(READER_TOKEN)).await;
+    assert_eq!(
+        (old.status, x_cache(&old)),
+        (StatusCode::SERVICE_UNAVAILABLE, "BYPASS"),
+        "an entry served past stale_if_error"
+    );
 }
