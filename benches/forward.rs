@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use artifact_mirror::config::{Layer, Settings};
+use artifact_mirror::credential::ConnCredential;
 use artifact_mirror::server::Server;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -95,14 +96,19 @@ fn handler(c: &mut Criterion) {
         let app = server.app();
         // The first call fills the cache (a miss); keep its answer as the
         // baseline's bytes.
-        let response = app.handle(request(&path), client_info()).await;
+        let first = request(&path);
+        let client = client_info(&app, &ConnCredential::default(), &first);
+        let response = app.handle(first, client).await;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         (sim, app, (parts.headers, body))
     });
+    let held = ConnCredential::default();
+    let sized = request(&path);
+    let client = client_info(&app, &held, &sized);
     eprintln!(
         "size of the App::handle future: {} bytes",
-        std::mem::size_of_val(&app.handle(request(&path), client_info()))
+        std::mem::size_of_val(&app.handle(sized, client))
     );
     let mut group = c.benchmark_group("handler");
     group.measurement_time(Duration::from_secs(5));
@@ -123,20 +129,31 @@ fn handler(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("fresh_hit", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let response = app.handle(request(&path), client_info()).await;
-                assert_eq!(response.headers()["x-cache"], "HIT");
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes()
+    // A keep-alive connection's requests after its first (the credential
+    // is held), and a connection's first request (it is hashed).
+    for (name, fresh_connection) in [
+        ("fresh_hit", false),
+        ("fresh_hit_first_on_connection", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let request = request(&path);
+                    let new = ConnCredential::default();
+                    let conn = if fresh_connection { &new } else { &held };
+                    let client = client_info(&app, conn, &request);
+                    let response = app.handle(request, client).await;
+                    assert_eq!(response.headers()["x-cache"], "HIT");
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("body")
+                        .to_bytes()
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
 }
 
@@ -150,11 +167,18 @@ fn request(path: &str) -> http::Request<Empty<Bytes>> {
         .expect("request")
 }
 
-fn client_info() -> artifact_mirror::upstream::ClientInfo {
+/// The client of one keep-alive connection: its credential as the server
+/// finds it for each request (hashed once, then held for the connection).
+fn client_info(
+    app: &artifact_mirror::app::App,
+    held: &ConnCredential,
+    request: &http::Request<Empty<Bytes>>,
+) -> artifact_mirror::upstream::ClientInfo {
     artifact_mirror::upstream::ClientInfo {
         peer: std::net::Ipv4Addr::LOCALHOST.into(),
         tls: false,
         route: "",
+        credential: app.credential(held, request.headers()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example ghes-sim -- [--api 127.0.0.1:9090] [--blob 127.0.0.1:9091]
 //!                                 [--link-ttl SECS] [--rate-limit N] [--no-seed]
-//!                                 [--advertise-host HOST]
+//!                                 [--advertise-host HOST] [--artifacts N]
 //! ```
 //! Prints the base URL, the fixture tokens and a few curl lines, then serves
 //! until Ctrl-C (or SIGTERM).
@@ -12,22 +12,25 @@
 //! other machines reach the simulator by (in docker-compose.yml: `--api
 //! 0.0.0.0:9090 --blob 0.0.0.0:9091 --advertise-host ghes-sim`); the API base,
 //! `Link`s, artifact URLs and blob redirects then carry that name, so they
-//! work from another container.
+//! work from another container. `--artifacts N` adds N artifacts to the public
+//! repo, so a `per_page=100` list is a large answer (benches/nginx.sh).
 
 use ghes_sim::fixtures::{
     ADMIN_TOKEN, BAD_TOKEN, OTHER_PRIVATE_REPO, OUTSIDER_TOKEN, PRIVATE_REPO, PUBLIC_REPO,
     READER_TOKEN,
 };
-use ghes_sim::{Sim, SimConfig};
+use ghes_sim::{NewArtifact, Sim, SimConfig};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: ghes-sim [--api ADDR] [--blob ADDR] [--link-ttl SECS] \
-                     [--rate-limit N] [--no-seed] [--advertise-host HOST]";
+                     [--rate-limit N] [--no-seed] [--advertise-host HOST] [--artifacts N]";
 
-fn parse_args() -> Result<SimConfig, String> {
+/// The simulator's settings and the artifacts to add to the public repo.
+fn parse_args() -> Result<(SimConfig, u64), String> {
     let mut cfg = SimConfig::default();
+    let mut extra = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -46,6 +49,10 @@ fn parse_args() -> Result<SimConfig, String> {
                 cfg.rate_limit = n.parse().map_err(|_| format!("bad --rate-limit {n:?}"))?;
             }
             "--no-seed" => cfg.seed_artifacts = false,
+            "--artifacts" => {
+                let n = value("--artifacts")?;
+                extra = n.parse().map_err(|_| format!("bad --artifacts {n:?}"))?;
+            }
             "--advertise-host" => {
                 cfg.advertise_host = Some(host_name(&value("--advertise-host")?)?);
             }
@@ -66,7 +73,7 @@ fn parse_args() -> Result<SimConfig, String> {
             }
         }
     }
-    Ok(cfg)
+    Ok((cfg, extra))
 }
 
 fn addr(s: &str) -> Result<SocketAddr, String> {
@@ -106,8 +113,8 @@ async fn stop_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cfg = match parse_args() {
-        Ok(cfg) => cfg,
+    let (cfg, extra) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(msg) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
@@ -121,6 +128,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for i in 0..extra {
+        sim.add_artifact(NewArtifact {
+            repo: PUBLIC_REPO.into(),
+            run_id: 5000 + i,
+            name: format!("bench-{i}"),
+            payload_bytes: 100,
+            with_digest: false,
+            expired: false,
+        });
+    }
     let base = sim.api_base();
     println!("GHES simulator (3.19) at {base}");
     let blob = sim.blob_addr();

@@ -4,88 +4,74 @@
 //! Only the path is logged, never the query (later: signed blob URLs carry
 //! their signature there) and never a header value (tokens).
 
-use std::io::BufWriter;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 
 use crate::body::{Body, BoxError};
 use crate::config::{LogFormat, Settings};
+use crate::log_queue::{self, Flush, LogQueue};
 use crate::metrics::Metrics;
 
-/// Lines the writer thread had no room for, process-wide (the subscriber
-/// is), read by `/metrics`; unset until [`init_subscriber`] runs.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The installed queue, process-wide (the subscriber is), read by
+/// `/metrics`; unset until [`init_subscriber`] runs.
+static QUEUE: OnceLock<LogQueue> = OnceLock::new();
 
-/// Log lines dropped because the queue to the writer thread was full.
+/// Log lines dropped because the writer thread's batch was full.
 pub fn dropped_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
+    QUEUE.get().map_or(0, LogQueue::dropped)
 }
-
-/// How long shutdown waits for the writer thread to write what is queued.
-const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Installs the process-wide subscriber: `log_level` as the filter (RUST_LOG
 /// wins when set), `log_format` for the line shape, lines to stderr. A
 /// subscriber installed already (an embedding program's) is left in place.
 ///
-/// Lines are formatted on the request's thread, then queued (at most
-/// `log_queue_lines`) to a writer thread that writes them in batches: a slow
-/// reader of stderr stalls that thread only. A line that finds the queue full
-/// is dropped and counted ([`dropped_lines`]), never waited for. Keep the
-/// guard until the end: dropping it writes what is queued.
+/// Lines are formatted on the request's thread and handed to a writer
+/// thread (src/log_queue.rs) that writes them in batches, at most
+/// `log_queue_lines` waiting: a slow reader of stderr stalls that thread
+/// only, and a line with no room is dropped and counted ([`dropped_lines`]),
+/// never waited for. Keep the guard until the end: dropping it writes what
+/// is waiting.
 pub fn init_subscriber(settings: &Settings) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Stderr is unbuffered: the buffer makes one write of each batch the
-    // worker drains from the queue (it flushes when the queue is empty).
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(settings.log_queue_lines)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let _first = DROPPED.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let (queue, flush) = match log_queue::start(std::io::stderr(), settings.log_queue_lines) {
+        Ok(started) => started,
+        Err(e) => {
+            // No thread to spare: lines are written on the request's thread.
+            eprintln!("artifact-mirror: no log writer thread ({e}); logging directly to stderr");
+            let builder = builder.with_writer(std::io::stderr);
+            let _already_set = match settings.log_format {
+                LogFormat::Json => builder.json().flatten_event(true).try_init(),
+                LogFormat::Human => builder.try_init(),
+            };
+            return LogGuard { _flush: None };
+        }
+    };
+    let _first = QUEUE.set(queue.clone());
+    let builder = builder.with_writer(queue);
     let _already_set = match settings.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
     };
-    LogGuard(Some(guard))
+    LogGuard {
+        _flush: Some(flush),
+    }
 }
 
-/// Writes the queued lines when dropped, waiting [`FLUSH_WAIT`] at most: a
-/// stalled reader must not hold up the exit. (The worker guard itself can
-/// block: with the queue full it reports so on stdout, which may be the same
-/// stalled pipe.)
+/// Writes the waiting lines when dropped (2 s at most: a stalled reader
+/// must not hold up the exit).
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(Option<WorkerGuard>);
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        let Some(guard) = self.0.take() else { return };
-        let (done, flushed) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new()
-            .name("log-flush".into())
-            .spawn(move || {
-                drop(guard);
-                let _ = done.send(());
-            });
-        if spawned.is_ok() {
-            let _ = flushed.recv_timeout(FLUSH_WAIT);
-        }
-    }
+pub struct LogGuard {
+    _flush: Option<Flush>,
 }
 
 /// Set by whoever called upstream, as a response extension, so the log line

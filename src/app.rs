@@ -13,6 +13,7 @@ use crate::access_log::{Entry, LoggedBody, UpstreamStatus};
 use crate::blob_store::Swept;
 use crate::body::{Body, BoxError};
 use crate::config::{Settings, StatusPage};
+use crate::credential::{ConnCredential, CredentialId, InstanceSecret};
 use crate::download::Downloads;
 use crate::error::MirrorError;
 use crate::health;
@@ -39,9 +40,11 @@ pub struct App {
     status_page: StatusPage,
     blob_quota: u64,
     prefetch: Option<crate::prefetch::Prefetch>,
+    secret: InstanceSecret,
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: &Settings,
         upstream: Upstream,
@@ -50,6 +53,7 @@ impl App {
         downloads: Downloads,
         metrics: Arc<Metrics>,
         prefetch: Option<crate::prefetch::Prefetch>,
+        secret: InstanceSecret,
     ) -> App {
         App {
             api_base: settings.api_base_path().to_owned(),
@@ -64,7 +68,13 @@ impl App {
             status_page: settings.status_page,
             blob_quota: settings.blob_quota_bytes,
             prefetch,
+            secret,
         }
+    }
+
+    /// The credential of a request on the connection that `held` belongs to.
+    pub fn credential(&self, held: &ConnCredential, headers: &http::HeaderMap) -> CredentialId {
+        held.of(&self.secret, headers)
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -9,10 +9,12 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use hmac::{Hmac, KeyInit, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 const SECRET_LEN: usize = 32;
 
@@ -98,11 +100,51 @@ impl InstanceSecret {
     pub fn credential(&self, headers: &HeaderMap) -> CredentialId {
         match headers.get(http::header::AUTHORIZATION) {
             None => CredentialId::Anonymous,
-            Some(value) => {
-                let token = token_part(value.as_bytes());
-                CredentialId::Token(self.mac(&[b"credential", token]))
+            Some(value) => self.token_credential(value),
+        }
+    }
+
+    fn token_credential(&self, authorization: &HeaderValue) -> CredentialId {
+        let token = token_part(authorization.as_bytes());
+        CredentialId::Token(self.mac(&[b"credential", token]))
+    }
+}
+
+/// One connection's last `Authorization` and its credential id: a client
+/// sends the same header on every request of a keep-alive connection, and
+/// the HMAC was a fresh hit's largest single cost after the socket work.
+///
+/// It holds the header, token included, in memory for the connection's life
+/// only: it is dropped with the connection and never written anywhere.
+/// Another header (a proxy that pools several clients' requests on one
+/// connection) is hashed and takes its place. The comparison takes the same
+/// time for every header of a length, so a client learns nothing of the
+/// token held by the time its own header takes.
+#[derive(Default)]
+pub struct ConnCredential(Mutex<Option<(HeaderValue, CredentialId)>>);
+
+impl ConnCredential {
+    /// The credential of `headers`, hashed only when their `Authorization`
+    /// differs from the previous request's.
+    pub fn of(&self, secret: &InstanceSecret, headers: &HeaderMap) -> CredentialId {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return CredentialId::Anonymous;
+        };
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, id)) = &*last {
+            if bool::from(seen.as_bytes().ct_eq(value.as_bytes())) {
+                return *id;
             }
         }
+        let id = secret.token_credential(value);
+        *last = Some((value.clone(), id));
+        id
+    }
+}
+
+impl fmt::Debug for ConnCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnCredential(..)")
     }
 }
 
@@ -249,6 +291,27 @@ mod tests {
         assert!(e.to_string().contains("chmod 600"), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
         InstanceSecret::load_or_create(&path).unwrap();
+    }
+
+    #[test]
+    fn a_connection_hashes_a_repeated_header_once_and_a_new_one_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = InstanceSecret::load_or_create(&dir.path().join("secret")).unwrap();
+        let conn = ConnCredential::default();
+        let (a, b) = (
+            headers(Some("token ghp_abc")),
+            headers(Some("token ghp_abd")),
+        );
+        for h in [&a, &a, &b, &a, &headers(None), &b] {
+            assert_eq!(conn.of(&s, h), s.credential(h));
+        }
+        // A header the connection holds answers without hashing: shown by
+        // a slot filled with an id no MAC gives.
+        let planted = CredentialId::Token([7; 32]);
+        *conn.0.lock().unwrap() = Some((a[http::header::AUTHORIZATION].clone(), planted));
+        assert_eq!(conn.of(&s, &a), planted);
+        assert_eq!(conn.of(&s, &b), s.credential(&b));
+        assert_eq!(conn.of(&s, &headers(None)), CredentialId::Anonymous);
     }
 
     #[test]

@@ -42,7 +42,6 @@ pub struct Downloads {
     /// Facts, for a cold fill.
     index: Index,
     access: Access,
-    secret: InstanceSecret,
     signer: Signer,
     public: PublicBase,
     api_base: String,
@@ -76,13 +75,12 @@ impl Downloads {
         public: PublicBase,
     ) -> Downloads {
         Downloads {
-            signer: Signer::new(secret.clone(), settings.blob_url_ttl.0),
+            signer: Signer::new(secret, settings.blob_url_ttl.0),
             upstream,
             json,
             blobs,
             access: Access::new(&index, settings),
             index,
-            secret,
             public,
             api_base: settings.api_base_path().to_owned(),
         }
@@ -108,7 +106,7 @@ impl Downloads {
             .strip_suffix(&self.api_base)
             .unwrap_or(&public)
             .to_owned();
-        let credential = self.secret.credential(&parts.headers);
+        let credential = client.credential;
         let now = now_ms();
 
         let standing = self.access.standing(artifact, credential, now);

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,7 +27,7 @@ use guard::{ConnState, Guarded, Limits, Tracked};
 use crate::app::App;
 use crate::blob_store::{BlobStore, StoreLimits};
 use crate::config::Settings;
-use crate::credential::InstanceSecret;
+use crate::credential::{ConnCredential, CredentialId, InstanceSecret};
 use crate::download::Downloads;
 use crate::index::{Index, IndexOpenError};
 use crate::json_cache::JsonCache;
@@ -153,7 +155,6 @@ impl Server {
         let json = Arc::new(JsonCache::new(
             settings,
             upstream.clone(),
-            secret.clone(),
             index.clone(),
             blob_store.clone(),
         ));
@@ -170,7 +171,7 @@ impl Server {
             json.clone(),
             blob_store,
             index.clone(),
-            secret,
+            secret.clone(),
             PublicBase::from_settings(settings),
         );
         let tls = match (&settings.tls_cert, &settings.tls_key) {
@@ -190,7 +191,7 @@ impl Server {
             listener,
             tls,
             app: Arc::new(App::new(
-                settings, upstream, index, json, downloads, metrics, prefetch,
+                settings, upstream, index, json, downloads, metrics, prefetch, secret,
             )),
             max_header_bytes: settings.max_header_bytes,
             max_connections: settings.max_connections,
@@ -265,11 +266,17 @@ impl Server {
                 peer: peer.ip(),
                 tls: self.tls.is_some(),
                 route: "",
+                credential: CredentialId::Anonymous,
             };
             let state = ConnState::new();
             let service = {
                 let state = state.clone();
-                service_fn(move |request| {
+                let held = ConnCredential::default();
+                service_fn(move |request: Request<Incoming>| {
+                    let client = ClientInfo {
+                        credential: app.credential(&held, request.headers()),
+                        ..client
+                    };
                     let app = app.clone();
                     let in_flight = state.begin();
                     async move {

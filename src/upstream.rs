@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::access_log::UpstreamStatus;
 use crate::body::{Body, StallLimited};
 use crate::config::Settings;
+use crate::credential::CredentialId;
 use crate::error::MirrorError;
 use crate::metrics::Metrics;
 
@@ -37,6 +38,9 @@ pub struct ClientInfo {
     /// `http` or `https`: how the client reached the mirror.
     pub tls: bool,
     pub route: &'static str,
+    /// Who the request's `Authorization` names; computed once per connection
+    /// while the header repeats (`ConnCredential`).
+    pub credential: CredentialId,
 }
 
 impl ClientInfo {
@@ -435,6 +439,7 @@ mod tests {
             peer: "2001:db8::1".parse().unwrap(),
             tls: false,
             route: "",
+            credential: CredentialId::Anonymous,
         };
         let mut h = forged();
         add_forwarding(&mut h, client, false);

@@ -8,7 +8,8 @@ mod common;
 
 use artifact_mirror::config::Revalidate;
 use common::{get_with, Harness, Reply};
-use ghes_sim::fixtures::{PUBLIC_REPO, READER_TOKEN};
+use ghes_sim::fixtures::{OUTSIDER_TOKEN, PRIVATE_REPO, PUBLIC_REPO, READER_TOKEN};
+use http::StatusCode;
 
 fn x_cache(r: &Reply) -> &str {
     r.header("x-cache").unwrap_or("(none)")
@@ -74,4 +75,52 @@ async fn another_public_base_is_another_entry() {
     let body = String::from_utf8_lossy(&second.body);
     assert!(body.contains(&format!("http://{b}/api/v3/")), "{body}");
     assert!(!body.contains("a.example"), "{body}");
+}
+
+/// A connection holds its last `Authorization`'s credential id so a repeated
+/// header is hashed once; another header on the same connection (a proxy
+/// pooling several clients) must still be its own credential, never served
+/// the held one's entry.
+#[tokio::test]
+async fn tokens_that_change_on_one_connection_keep_their_own_entries() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let h = Harness::start_with(|l| l.revalidate = Some(Revalidate::WhenStale)).await;
+    let stream = tokio::net::TcpStream::connect(h.mirror).await.unwrap();
+    let (mut conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(driver);
+    let path = format!("/api/v3/repos/{PRIVATE_REPO}/actions/artifacts");
+    let mut ask = |token: Option<&str>| {
+        let mut request = http::Request::get(&path).header("host", h.mirror.to_string());
+        if let Some(token) = token {
+            request = request.header("authorization", format!("token {token}"));
+        }
+        let sent = conn.send_request(request.body(Empty::<bytes::Bytes>::new()).unwrap());
+        async move {
+            let response = tokio::time::timeout(common::TIMEOUT, sent)
+                .await
+                .expect("answer in time")
+                .expect("answer on the one connection");
+            let status = response.status();
+            let cache = response
+                .headers()
+                .get("x-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            response.into_body().collect().await.expect("body");
+            (status, cache.unwrap_or_default())
+        }
+    };
+    let ok = |cache: &str| (StatusCode::OK, cache.to_owned());
+    assert_eq!(ask(Some(READER_TOKEN)).await, ok("MISS"));
+    assert_eq!(ask(Some(READER_TOKEN)).await, ok("HIT"));
+    let outsider = ask(Some(OUTSIDER_TOKEN)).await;
+    assert_eq!(outsider.0, StatusCode::NOT_FOUND, "{outsider:?}");
+    let anonymous = ask(None).await;
+    assert_eq!(anonymous.0, StatusCode::NOT_FOUND, "{anonymous:?}");
+    assert_eq!(ask(Some(READER_TOKEN)).await, ok("HIT"));
+    // Reader's miss, the outsider's and the anonymous 404s: nothing else.
+    assert_eq!(h.sim.counters().list_repo, 3);
 }

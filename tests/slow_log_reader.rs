@@ -24,14 +24,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The mirror process, killed if the test fails before stopping it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `serve` with JSON logs and a 64-line queue; stderr piped to the test.
-fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
-    common::serve_command(&format!("127.0.0.1:{port}"), data_dir)
-        .args(["--log-format", "json", "--log-queue-lines", "64"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts")
+fn spawn(data_dir: &std::path::Path, port: u16) -> Running {
+    Running(
+        common::serve_command(&format!("127.0.0.1:{port}"), data_dir)
+            .args(["--log-format", "json", "--log-queue-lines", "64"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve starts"),
+    )
 }
 
 /// Waits (bounded) until the mirror on `port` answers `/healthz`.
@@ -78,7 +90,7 @@ async fn a_stalled_log_reader_drops_lines_and_never_blocks_requests() {
     let port = free_port();
     let mut child = spawn(dir.path(), port);
     // Held, never read: the pipe fills and the writer thread stalls on it.
-    let stalled = child.stderr.take().expect("stderr piped");
+    let stalled = child.0.stderr.take().expect("stderr piped");
     until_healthy(port).await;
 
     let base = format!("http://127.0.0.1:{port}");
@@ -101,7 +113,7 @@ async fn a_stalled_log_reader_drops_lines_and_never_blocks_requests() {
     );
 
     // The exit does not wait for the reader either.
-    let code = terminate(&mut child);
+    let code = terminate(&mut child.0);
     drop(stalled);
     assert_eq!(code, Some(0), "exit status with a stalled log reader");
 }
@@ -111,7 +123,7 @@ async fn queued_lines_are_written_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = spawn(dir.path(), port);
-    let mut stderr = child.stderr.take().expect("stderr piped");
+    let mut stderr = child.0.stderr.take().expect("stderr piped");
     let reader = std::thread::spawn(move || {
         let mut log = String::new();
         let _ = stderr.read_to_string(&mut log);
@@ -129,7 +141,7 @@ async fn queued_lines_are_written_at_shutdown() {
     .await;
     assert_eq!(reply.status, StatusCode::OK);
 
-    let code = terminate(&mut child);
+    let code = terminate(&mut child.0);
     // The pipe closes with the process, so the read ends.
     let log = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
         .await

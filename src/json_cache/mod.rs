@@ -28,7 +28,6 @@ use crate::blob_store::BlobStore;
 use crate::body::{self, Body};
 use crate::clock::{millis, now_secs, unix_ms};
 use crate::config::{Revalidate, Settings};
-use crate::credential::InstanceSecret;
 use crate::error::MirrorError;
 use crate::flight::Flights;
 use crate::index::{Facts, Index};
@@ -101,7 +100,6 @@ const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct JsonCache {
     upstream: Upstream,
-    secret: InstanceSecret,
     store: Store,
     /// Told when JSON shows an artifact expired (see `learn_from_body`).
     blobs: Arc<BlobStore>,
@@ -119,7 +117,6 @@ impl JsonCache {
     pub fn new(
         settings: &Settings,
         upstream: Upstream,
-        secret: InstanceSecret,
         index: Index,
         blobs: Arc<BlobStore>,
     ) -> JsonCache {
@@ -140,7 +137,6 @@ impl JsonCache {
         };
         JsonCache {
             upstream,
-            secret,
             blobs,
             store: Store {
                 hot,
@@ -337,7 +333,7 @@ impl JsonCache {
         public: &str,
         client: ClientInfo,
     ) -> Answer {
-        let credential = self.secret.credential(&parts.headers);
+        let credential = client.credential;
         let key = Key::new(route, credential, &parts, public);
         let cached = self.store.get(&key).await;
         if self.mode == Revalidate::WhenStale {

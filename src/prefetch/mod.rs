@@ -160,11 +160,15 @@ async fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, PrefetchSetupErr
 }
 
 /// Requests of prefetch have no client: they are labelled by what they do.
+/// Their `credential` is no one's: they go straight upstream
+/// (`Upstream::forward`), never through the JSON cache or the grants, which
+/// are the only readers of it.
 fn client(route: &'static str) -> ClientInfo {
     ClientInfo {
         peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
         tls: false,
         route,
+        credential: crate::credential::CredentialId::Anonymous,
     }
 }
 
