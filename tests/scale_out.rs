@@ -133,3 +133,34 @@ async fn a_secret_file_of_the_wrong_size_or_open_to_others_stops_the_start() {
         assert!(e.contains("open to other users"), "{e}");
     }
 }
+
+#[test]
+fn check_config_names_a_bad_shared_store_and_shows_a_good_one() {
+    let check = |url: &str| {
+        let mut cmd = common::mirror_command();
+        cmd.args([
+            "check-config",
+            "--upstream",
+            "https://ghes.example.com/api/v3",
+        ])
+        .args(["--shared-store", url]);
+        cmd.output().expect("artifact-mirror runs")
+    };
+    let good = check("s3://artifacts/mirror");
+    assert!(good.status.success(), "{good:?}");
+    let shown = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        shown.contains("shared_store = \"s3://artifacts/mirror\""),
+        "{shown}"
+    );
+    for (url, says) in [
+        ("gs://bucket", "gs: is not supported"),
+        ("ftp://host/x", "unknown scheme ftp:"),
+        ("not a url", "invalid value 'not a url' for '--shared-store"),
+    ] {
+        let out = check(url);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url} accepted");
+        assert!(err.contains(says), "{url}: {err}");
+    }
+}

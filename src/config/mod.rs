@@ -8,6 +8,9 @@
 //! and `Settings`, nothing else.
 
 pub(crate) mod prefetch;
+mod shared_store;
+
+pub use shared_store::SharedStore;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -156,6 +159,9 @@ pub struct Layer {
     /// `GET /_mirror/status`: `off` (404), `summary` (figures only) or `detail` (with artifact and repository names) [default: summary].
     #[arg(long, env = "ARTIFACT_MIRROR_STATUS_PAGE", value_name = "MODE")]
     pub status_page: Option<StatusPage>,
+    /// S3 bucket replicas share blobs through: s3://BUCKET[/PREFIX]; credentials and endpoint from the AWS_* environment [default: off].
+    #[arg(long, env = "ARTIFACT_MIRROR_SHARED_STORE", value_name = "URL")]
+    pub shared_store: Option<Url>,
     /// The instance key (32 bytes) signing blob URLs and keying credential ids; replicas given the same file sign and verify alike; created 0600 if absent [default: DATA_DIR/secret].
     #[arg(long, env = "ARTIFACT_MIRROR_SECRET_FILE", value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
@@ -267,6 +273,7 @@ impl Layer {
             housekeeping_interval: self.housekeeping_interval.or(lower.housekeeping_interval),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
             status_page: self.status_page.or(lower.status_page),
+            shared_store: self.shared_store.or(lower.shared_store),
             secret_file: self.secret_file.or(lower.secret_file),
             webhook_secret_file: self.webhook_secret_file.or(lower.webhook_secret_file),
             prefetch_token_file: self.prefetch_token_file.or(lower.prefetch_token_file),
@@ -324,6 +331,8 @@ pub struct Settings {
     pub housekeeping_interval: Span,
     pub index_cache_bytes: u64,
     pub status_page: StatusPage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_store: Option<SharedStore>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -404,6 +413,7 @@ impl Settings {
                 .unwrap_or(Span(Duration::from_secs(600))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
             status_page: layer.status_page.unwrap_or(StatusPage::Summary),
+            shared_store: layer.shared_store.map(SharedStore::parse).transpose()?,
             secret_file: layer.secret_file,
             webhook_secret_file: layer.webhook_secret_file,
             prefetch_token_file: layer.prefetch_token_file,
