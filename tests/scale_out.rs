@@ -164,3 +164,150 @@ fn check_config_names_a_bad_shared_store_and_shows_a_good_one() {
         assert!(err.contains(says), "{url}: {err}");
     }
 }
+
+/// A child process killed when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits (bounded) until `url` answers 200.
+async fn until_ready(url: &str) {
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let ready = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            common::client().get(url.parse().expect("URL")),
+        )
+        .await;
+        if matches!(ready, Ok(Ok(r)) if r.status() == StatusCode::OK) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The shipped `deploy/haproxy/haproxy.cfg`, run by real HAProxy in front
+/// of three mirror processes: both routes of one artifact reach one replica,
+/// and isolation holds through it.
+#[tokio::test]
+#[ignore = "needs haproxy: see .ci/run"]
+async fn haproxy_sends_both_routes_of_an_artifact_to_one_replica() {
+    use ghes_sim::fixtures::{OUTSIDER_TOKEN, PRIVATE_REPO_ID};
+    let h = Harness::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("secret");
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = common::mirror_command()
+            .args([
+                "serve",
+                "--upstream",
+                &h.sim.api_base(),
+                "--listen",
+                &listen,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--secret-file")
+            .arg(&secret)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("artifact-mirror starts");
+        replicas.push(Child(child));
+        until_ready(&format!("http://{listen}/readyz")).await;
+        dirs.push(dir);
+        addrs.push(listen);
+    }
+    let lb = format!("127.0.0.1:{}", free_port());
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
+    let haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f", config])
+        .env("MIRROR_LISTEN", &lb)
+        .env("REPLICA_1", &addrs[0])
+        .env("REPLICA_2", &addrs[1])
+        .env("REPLICA_3", &addrs[2])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy is installed (.ci/run installs Debian's haproxy)");
+    let _haproxy = Child(haproxy);
+    until_ready(&format!("http://{lb}/readyz")).await;
+
+    let mut served_by = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let art = h.sim.add_artifact(NewArtifact {
+            repo: PRIVATE_REPO.into(),
+            run_id: 9001,
+            name: format!("dist-{i}"),
+            payload_bytes: 20_000 + i,
+            with_digest: true,
+            expired: false,
+        });
+        let zip = h.sim.zip_bytes(art.id).unwrap();
+        // Both path forms of the download route, then the blob route.
+        let mut replica = None;
+        for path in [
+            format!(
+                "/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
+                art.id
+            ),
+            format!(
+                "/api/v3/repositories/{PRIVATE_REPO_ID}/actions/artifacts/{}/zip",
+                art.id
+            ),
+        ] {
+            let redirect = get(&format!("http://{lb}{path}"), Some(READER_TOKEN)).await;
+            assert_eq!(redirect.status, StatusCode::FOUND, "{path}: {redirect:?}");
+            let location = redirect.header("location").expect("location").to_owned();
+            assert!(
+                location.starts_with(&format!("http://{lb}/_mirror/blobs/")),
+                "{location}"
+            );
+            let blob = get(&location, None).await;
+            assert_eq!(blob.status, StatusCode::OK);
+            assert_eq!(&blob.body[..], &zip[..]);
+            for reply in [&redirect, &blob] {
+                let by = reply.header("x-mirror-replica").expect("replica named");
+                assert_eq!(*replica.get_or_insert(by.to_owned()), by, "{path}");
+            }
+        }
+        served_by.insert(replica.expect("served"));
+        let outsider = get(
+            &format!(
+                "http://{lb}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
+                art.id
+            ),
+            Some(OUTSIDER_TOKEN),
+        )
+        .await;
+        assert_eq!(outsider.status, StatusCode::NOT_FOUND, "{outsider:?}");
+        assert!(!outsider.body.starts_with(b"PK"));
+    }
+    assert!(
+        served_by.len() > 1,
+        "eight artifacts all hashed to {served_by:?}"
+    );
+    assert_eq!(
+        h.sim.counters().blob_gets,
+        8,
+        "one GHES blob fetch per artifact"
+    );
+}
