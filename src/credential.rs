@@ -32,10 +32,15 @@ impl fmt::Debug for InstanceSecret {
 
 impl InstanceSecret {
     /// Reads `path`, or creates it (mode 0600) with fresh random bytes on
-    /// first start.
+    /// first start. Replicas behind one load balancer are given the same
+    /// file (`secret_file`), so a blob URL one signs verifies on another.
+    /// A key other users can read would let them forge blob URLs, so such a
+    /// file is refused rather than used; group bits are allowed, because
+    /// orchestrators share mounted secrets with the pod's group.
     pub fn load_or_create(path: &Path) -> io::Result<InstanceSecret> {
         match std::fs::read(path) {
             Ok(bytes) => {
+                refuse_world_access(path)?;
                 let key: [u8; SECRET_LEN] = bytes.as_slice().try_into().map_err(|_| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -143,6 +148,28 @@ impl fmt::Debug for ConnCredential {
     }
 }
 
+/// An existing key file with any "others" permission bit is an error that
+/// says how to fix it. Follows symlinks: mounted secrets are links.
+fn refuse_world_access(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "open to other users (mode {mode:o}): anyone who reads it can forge blob \
+                     URLs; run chmod 600 on it"
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// GitHub accepts one token as `token X` and `Bearer X`: both name the same
 /// credential. Other schemes (Basic) are hashed whole.
 fn token_part(value: &[u8]) -> &[u8] {
@@ -242,8 +269,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         std::fs::write(&path, b"short").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let e = InstanceSecret::load_or_create(&path).unwrap_err();
         assert!(e.to_string().contains("expected 32"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_others_can_read_is_refused_and_group_access_is_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, [7u8; SECRET_LEN]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = InstanceSecret::load_or_create(&path).unwrap_err();
+        assert!(e.to_string().contains("mode 644"), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        InstanceSecret::load_or_create(&path).unwrap();
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Server {
                 path: data_dir.clone(),
                 source: io::Error::other(e),
             })??;
-        let secret_path = settings.data_dir.join("secret");
+        let secret_path = settings.secret_path();
         let secret =
             InstanceSecret::load_or_create(&secret_path).map_err(|source| StartError::Secret {
                 path: secret_path,

@@ -8,6 +8,9 @@
 //! and `Settings`, nothing else.
 
 pub(crate) mod prefetch;
+mod shared_store;
+
+pub use shared_store::SharedStore;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -156,6 +159,12 @@ pub struct Layer {
     /// `GET /_mirror/status`: `off` (404), `summary` (figures only) or `detail` (with artifact and repository names) [default: summary].
     #[arg(long, env = "ARTIFACT_MIRROR_STATUS_PAGE", value_name = "MODE")]
     pub status_page: Option<StatusPage>,
+    /// S3 bucket replicas share blobs through: s3://BUCKET[/PREFIX]; credentials and endpoint from the AWS_* environment [default: off].
+    #[arg(long, env = "ARTIFACT_MIRROR_SHARED_STORE", value_name = "URL")]
+    pub shared_store: Option<Url>,
+    /// The instance key (32 bytes) signing blob URLs and keying credential ids; replicas given the same file sign and verify alike; created 0600 if absent [default: DATA_DIR/secret].
+    #[arg(long, env = "ARTIFACT_MIRROR_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
     /// File holding the GitHub webhook secret; turns on POST /_mirror/webhooks/github [default: off].
     #[arg(long, env = "ARTIFACT_MIRROR_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
@@ -264,6 +273,8 @@ impl Layer {
             housekeeping_interval: self.housekeeping_interval.or(lower.housekeeping_interval),
             index_cache_bytes: self.index_cache_bytes.or(lower.index_cache_bytes),
             status_page: self.status_page.or(lower.status_page),
+            shared_store: self.shared_store.or(lower.shared_store),
+            secret_file: self.secret_file.or(lower.secret_file),
             webhook_secret_file: self.webhook_secret_file.or(lower.webhook_secret_file),
             prefetch_token_file: self.prefetch_token_file.or(lower.prefetch_token_file),
             github_app_id: self.github_app_id.or(lower.github_app_id),
@@ -320,6 +331,10 @@ pub struct Settings {
     pub housekeeping_interval: Span,
     pub index_cache_bytes: u64,
     pub status_page: StatusPage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_store: Option<SharedStore>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -398,6 +413,8 @@ impl Settings {
                 .unwrap_or(Span(Duration::from_secs(600))),
             index_cache_bytes: layer.index_cache_bytes.unwrap_or(64 * 1024 * 1024),
             status_page: layer.status_page.unwrap_or(StatusPage::Summary),
+            shared_store: layer.shared_store.map(SharedStore::parse).transpose()?,
+            secret_file: layer.secret_file,
             webhook_secret_file: layer.webhook_secret_file,
             prefetch_token_file: layer.prefetch_token_file,
             github_app_id: layer.github_app_id,
@@ -488,6 +505,14 @@ impl Settings {
                 .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
         }
         prefetch::check(self)
+    }
+
+    /// Where the instance key lives: `secret_file`, else `data_dir/secret`
+    /// (one replica alone needs no shared key).
+    pub fn secret_path(&self) -> PathBuf {
+        self.secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret"))
     }
 
     /// The path prefix both GHES and the mirror serve the API under
