@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode, Uri};
+use http::{request, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -160,13 +160,8 @@ impl Downloads {
             .await?;
         match response.status() {
             StatusCode::FOUND => {
-                let location = response
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<Uri>().ok())
-                    .filter(|u| u.scheme().is_some() && u.authority().is_some())
-                    .ok_or_else(|| {
+                let location =
+                    crate::upstream::blob_location(response.headers()).ok_or_else(|| {
                         MirrorError::UpstreamUnreachable(
                             "the download endpoint's redirect has no usable Location".into(),
                         )
@@ -278,13 +273,7 @@ impl Downloads {
                 if response.status() != StatusCode::FOUND {
                     return None;
                 }
-                response
-                    .headers()
-                    .get(header::LOCATION)?
-                    .to_str()
-                    .ok()?
-                    .parse()
-                    .ok()
+                crate::upstream::blob_location(response.headers())
             })
         })
     }

@@ -394,6 +394,18 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
     text
 }
 
+/// The blob store URL a download endpoint's 302 points at: only an
+/// absolute `Location` (scheme and host) can be fetched from elsewhere.
+pub(crate) fn blob_location(headers: &HeaderMap) -> Option<Uri> {
+    headers
+        .get(header::LOCATION)?
+        .to_str()
+        .ok()?
+        .parse::<Uri>()
+        .ok()
+        .filter(|u| u.scheme().is_some() && u.authority().is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

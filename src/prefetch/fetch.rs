@@ -242,12 +242,5 @@ async fn locate(upstream: &Upstream, path: &str, auth: &HeaderValue) -> Option<U
         tracing::warn!(status = %response.status(), "prefetch: the download endpoint said no");
         return None;
     }
-    response
-        .headers()
-        .get(header::LOCATION)?
-        .to_str()
-        .ok()?
-        .parse::<Uri>()
-        .ok()
-        .filter(|u| u.scheme().is_some() && u.authority().is_some())
+    crate::upstream::blob_location(response.headers())
 }
