@@ -200,114 +200,223 @@ async fn until_ready(url: &str) {
     }
 }
 
-/// The shipped `deploy/haproxy/haproxy.cfg`, run by real HAProxy in front
-/// of three mirror processes: both routes of one artifact reach one replica,
-/// and isolation holds through it.
-#[tokio::test]
-#[ignore = "needs haproxy: see .ci/run"]
-async fn haproxy_sends_both_routes_of_an_artifact_to_one_replica() {
-    use ghes_sim::fixtures::{OUTSIDER_TOKEN, PRIVATE_REPO_ID};
-    let h = Harness::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    let secret = keys.path().join("secret");
-    let mut replicas = Vec::new();
-    let mut dirs = Vec::new();
-    let mut addrs = Vec::new();
-    for _ in 0..3 {
-        let dir = tempfile::tempdir().unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let child = common::mirror_command()
-            .args([
-                "serve",
-                "--upstream",
-                &h.sim.api_base(),
-                "--listen",
-                &listen,
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("--secret-file")
-            .arg(&secret)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("artifact-mirror starts");
-        replicas.push(Child(child));
-        until_ready(&format!("http://{listen}/readyz")).await;
-        dirs.push(dir);
-        addrs.push(listen);
-    }
-    let lb = format!("127.0.0.1:{}", free_port());
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
-    let haproxy = std::process::Command::new("haproxy")
-        .args(["-db", "-f", config])
-        .env("MIRROR_LISTEN", &lb)
-        .env("REPLICA_1", &addrs[0])
-        .env("REPLICA_2", &addrs[1])
-        .env("REPLICA_3", &addrs[2])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("haproxy is installed (.ci/run installs Debian's haproxy)");
-    let _haproxy = Child(haproxy);
-    until_ready(&format!("http://{lb}/readyz")).await;
+/// Three mirror processes in front of the harness's simulator, each on its
+/// own data dir, all given one `secret_file`; killed when dropped.
+struct Replicas {
+    children: Vec<Child>,
+    addrs: Vec<String>,
+    _dirs: Vec<tempfile::TempDir>,
+}
 
-    let mut served_by = std::collections::BTreeSet::new();
-    for i in 0..8 {
-        let art = h.sim.add_artifact(NewArtifact {
-            repo: PRIVATE_REPO.into(),
-            run_id: 9001,
-            name: format!("dist-{i}"),
-            payload_bytes: 20_000 + i,
-            with_digest: true,
-            expired: false,
-        });
-        let zip = h.sim.zip_bytes(art.id).unwrap();
-        // Both path forms of the download route, then the blob route.
-        let mut replica = None;
-        for path in [
-            format!(
-                "/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
-                art.id
-            ),
-            format!(
-                "/api/v3/repositories/{PRIVATE_REPO_ID}/actions/artifacts/{}/zip",
-                art.id
-            ),
-        ] {
-            let redirect = get(&format!("http://{lb}{path}"), Some(READER_TOKEN)).await;
-            assert_eq!(redirect.status, StatusCode::FOUND, "{path}: {redirect:?}");
-            let location = redirect.header("location").expect("location").to_owned();
-            assert!(
-                location.starts_with(&format!("http://{lb}/_mirror/blobs/")),
-                "{location}"
-            );
-            let blob = get(&location, None).await;
-            assert_eq!(blob.status, StatusCode::OK);
-            assert_eq!(&blob.body[..], &zip[..]);
-            for reply in [&redirect, &blob] {
-                let by = reply.header("x-mirror-replica").expect("replica named");
-                assert_eq!(*replica.get_or_insert(by.to_owned()), by, "{path}");
-            }
+impl Replicas {
+    async fn start(h: &Harness) -> Self {
+        let keys = tempfile::tempdir().unwrap();
+        let secret = keys.path().join("secret");
+        let mut dirs = vec![keys];
+        let mut children = Vec::new();
+        let mut addrs = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let listen = format!("127.0.0.1:{}", free_port());
+            let child = common::mirror_command()
+                .args([
+                    "serve",
+                    "--upstream",
+                    &h.sim.api_base(),
+                    "--listen",
+                    &listen,
+                ])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .arg("--secret-file")
+                .arg(&secret)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("artifact-mirror starts");
+            children.push(Child(child));
+            until_ready(&format!("http://{listen}/readyz")).await;
+            dirs.push(dir);
+            addrs.push(listen);
         }
-        served_by.insert(replica.expect("served"));
+        Self {
+            children,
+            addrs,
+            _dirs: dirs,
+        }
+    }
+}
+
+/// A new artifact of the private repository, and its zip's bytes.
+fn new_artifact(h: &Harness, i: u64) -> (u64, Vec<u8>) {
+    let art = h.sim.add_artifact(NewArtifact {
+        repo: PRIVATE_REPO.into(),
+        run_id: 9001,
+        name: format!("dist-{i}"),
+        payload_bytes: 20_000 + i as usize,
+        with_digest: true,
+        expired: false,
+    });
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    (art.id, zip.to_vec())
+}
+
+/// Downloads artifact `id` through the load balancer `lb` by both path
+/// forms of the download route and the blob URL each hands out; asserts the
+/// bytes and that one replica (named by `X-Mirror-Replica`) answered all
+/// four requests, and returns it.
+async fn download_through(lb: &str, id: u64, zip: &[u8]) -> String {
+    use ghes_sim::fixtures::PRIVATE_REPO_ID;
+    let mut replica = None;
+    for path in [
+        format!("/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip"),
+        format!("/api/v3/repositories/{PRIVATE_REPO_ID}/actions/artifacts/{id}/zip"),
+    ] {
+        let redirect = get(&format!("http://{lb}{path}"), Some(READER_TOKEN)).await;
+        assert_eq!(redirect.status, StatusCode::FOUND, "{path}: {redirect:?}");
+        let location = redirect.header("location").expect("location").to_owned();
+        assert!(
+            location.starts_with(&format!("http://{lb}/_mirror/blobs/")),
+            "{location}"
+        );
+        let blob = get(&location, None).await;
+        assert_eq!(blob.status, StatusCode::OK);
+        assert_eq!(&blob.body[..], zip);
+        for reply in [&redirect, &blob] {
+            // nginx names every replica it tried ("a, b"): the last answered.
+            let by = reply.header("x-mirror-replica").expect("replica named");
+            let by = by.rsplit(", ").next().unwrap_or(by);
+            assert_eq!(*replica.get_or_insert(by.to_owned()), by, "{path}");
+        }
+    }
+    replica.expect("served")
+}
+
+/// What both shipped load-balancer configs must do in front of three
+/// replicas: both routes of one artifact reach one replica, the artifacts
+/// spread over more than one, each zip leaves GHES once, and an outsider
+/// gets GHES's 404 and no bytes. Returns each artifact with its replica.
+async fn routes_each_artifact_to_one_replica(h: &Harness, lb: &str) -> Vec<(u64, Vec<u8>, String)> {
+    use ghes_sim::fixtures::OUTSIDER_TOKEN;
+    let mut served = Vec::new();
+    for i in 0..8 {
+        let (id, zip) = new_artifact(h, i);
+        let replica = download_through(lb, id, &zip).await;
         let outsider = get(
-            &format!(
-                "http://{lb}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip",
-                art.id
-            ),
+            &format!("http://{lb}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip"),
             Some(OUTSIDER_TOKEN),
         )
         .await;
         assert_eq!(outsider.status, StatusCode::NOT_FOUND, "{outsider:?}");
         assert!(!outsider.body.starts_with(b"PK"));
+        served.push((id, zip, replica));
     }
+    let replicas: std::collections::BTreeSet<_> = served.iter().map(|(_, _, r)| r).collect();
     assert!(
-        served_by.len() > 1,
-        "eight artifacts all hashed to {served_by:?}"
+        replicas.len() > 1,
+        "eight artifacts all hashed to {replicas:?}"
     );
     assert_eq!(
         h.sim.counters().blob_gets,
         8,
         "one GHES blob fetch per artifact"
     );
+    served
+}
+
+/// The shipped `deploy/haproxy/haproxy.cfg`, run by real HAProxy in front
+/// of three mirror processes.
+#[tokio::test]
+#[ignore = "needs haproxy: see .ci/run"]
+async fn haproxy_sends_both_routes_of_an_artifact_to_one_replica() {
+    let h = Harness::start().await;
+    let replicas = Replicas::start(&h).await;
+    let lb = format!("127.0.0.1:{}", free_port());
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
+    let haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f", config])
+        .env("MIRROR_LISTEN", &lb)
+        .env("REPLICA_1", &replicas.addrs[0])
+        .env("REPLICA_2", &replicas.addrs[1])
+        .env("REPLICA_3", &replicas.addrs[2])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy is installed (.ci/run installs Debian's haproxy)");
+    let _haproxy = Child(haproxy);
+    until_ready(&format!("http://{lb}/readyz")).await;
+    routes_each_artifact_to_one_replica(&h, &lb).await;
+}
+
+/// The shipped `deploy/nginx/artifact-mirror.conf.template`, filled in the
+/// way envsubst does and run by real nginx in front of three mirror
+/// processes; then one replica is killed and its artifact's download goes
+/// to another (nginx's passive health check).
+#[tokio::test]
+#[ignore = "needs nginx: see .ci/run"]
+async fn nginx_sends_both_routes_of_an_artifact_to_one_replica() {
+    let h = Harness::start().await;
+    let mut replicas = Replicas::start(&h).await;
+    let lb = format!("127.0.0.1:{}", free_port());
+    let prefix = tempfile::tempdir().unwrap();
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/artifact-mirror.conf.template"
+    ))
+    .unwrap();
+    let mut site = template;
+    for (name, value) in [
+        ("MIRROR_LISTEN", &lb),
+        ("REPLICA_1", &replicas.addrs[0]),
+        ("REPLICA_2", &replicas.addrs[1]),
+        ("REPLICA_3", &replicas.addrs[2]),
+    ] {
+        site = site.replace(&format!("${{{name}}}"), value);
+    }
+    let unfilled: Vec<_> = site
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("${"))
+        .collect();
+    assert!(unfilled.is_empty(), "names left unfilled: {unfilled:?}");
+    let dir = prefix.path().display();
+    std::fs::write(prefix.path().join("artifact-mirror.conf"), site).unwrap();
+    std::fs::write(
+        prefix.path().join("nginx.conf"),
+        format!(
+            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log stderr warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+             fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+             include {dir}/artifact-mirror.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let nginx = std::process::Command::new("nginx")
+        .arg("-e")
+        .arg("stderr")
+        .arg("-p")
+        .arg(prefix.path())
+        .arg("-c")
+        .arg(prefix.path().join("nginx.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx is installed (.ci/run installs Debian's nginx-light)");
+    let _nginx = Child(nginx);
+    until_ready(&format!("http://{lb}/readyz")).await;
+    let served = routes_each_artifact_to_one_replica(&h, &lb).await;
+
+    // Kill the replica that served the first artifact: its downloads move to
+    // another replica, which fetches the zip again (no shared store here).
+    let (id, zip, first) = &served[0];
+    let dead = replicas
+        .addrs
+        .iter()
+        .position(|a| a == first)
+        .expect("X-Mirror-Replica names a replica's address");
+    let mut child = replicas.children.remove(dead);
+    child.0.kill().expect("kill a replica");
+    child.0.wait().expect("reap it");
+    let now = download_through(&lb, *id, zip).await;
+    assert_ne!(&now, first, "served by the dead replica?");
+    assert_eq!(h.sim.counters().blob_gets, 9, "fetched again once");
 }
