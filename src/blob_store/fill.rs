@@ -25,6 +25,7 @@ use crate::error::FillError;
 use crate::index::{BlobRecord, Facts};
 
 use super::backend::Backend;
+use super::staged::{self, Staged, StagedRecord, Validator};
 use super::{BlobStore, Swept};
 
 /// Transfers attempted per fill (the first and the resumes).
@@ -161,12 +162,25 @@ impl BlobStore {
                 return (fill.clone(), true);
             }
         }
-        let mut nonce = [0u8; 8];
-        let _ = getrandom::fill(&mut nonce);
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{artifact}-{}.part", hex(&nonce)));
+        // A staged file an earlier process left is resumed unless what is
+        // known of the artifact now contradicts its record.
+        let (resume, stale) = match self.resumable.take(artifact) {
+            Some(s) if s.record.fits(&facts) => (Some(s), None),
+            other => (None, other),
+        };
+        if let Some(stale) = stale {
+            tokio::task::spawn_blocking(move || staged::remove(&stale.part));
+        }
+        let tmp = match &resume {
+            Some(s) => s.part.clone(),
+            None => {
+                let mut nonce = [0u8; 8];
+                let _ = getrandom::fill(&mut nonce);
+                self.dir
+                    .join("tmp")
+                    .join(format!("{artifact}-{}.part", hex(&nonce)))
+            }
+        };
         let (tx, rx) = watch::channel(FillState::Running {
             written: 0,
             total: facts.size,
@@ -189,8 +203,12 @@ impl BlobStore {
         let detached = fill.clone();
         tokio::spawn(async move {
             let outcome = store
-                .transfer(artifact, &tmp, location, &facts, &relocate, &tx)
+                .transfer(artifact, &tmp, location, &facts, &relocate, &tx, resume)
                 .await;
+            // The transfer ended in this process: nothing to resume after a
+            // restart (a crash before the commit loses the bytes, never
+            // leaves a blob).
+            let _ = tokio::fs::remove_file(staged::record_path(&tmp)).await;
             let outcome = match outcome {
                 Ok(record) if record.size > store.max_blob => {
                     tracing::info!(
@@ -256,7 +274,9 @@ impl BlobStore {
         (fill, false)
     }
 
-    /// Brings the whole zip into `tmp`, resuming with `Range` after a cut.
+    /// Brings the whole zip into `tmp`, resuming with `Range` after a cut,
+    /// or from the staged file an earlier process left (`resume`).
+    #[allow(clippy::too_many_arguments)]
     async fn transfer(
         &self,
         artifact: u64,
@@ -265,14 +285,37 @@ impl BlobStore {
         facts: &Facts,
         relocate: &Relocate,
         tx: &watch::Sender<FillState>,
+        resume: Option<Staged>,
     ) -> Result<BlobRecord, FillError> {
-        let mut file = crate::private::create_file_async(tmp)
-            .await
-            .map_err(FillError::io("create", tmp))?;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
         let mut total = facts.size;
         let mut name = facts.name.clone();
+        let mut expected_sha = facts.sha256.clone();
+        // The staged prefix of an earlier process, until upstream's first
+        // answer confirms it (same size, validator, `Content-Range`): no
+        // reader is told of its bytes before that.
+        let mut unconfirmed: Option<StagedRecord> = None;
+        let (mut file, mut hasher, mut written) = match resume {
+            Some(s) => match reopen(&s).await {
+                Ok((file, hasher)) => {
+                    tracing::info!(artifact, bytes = s.len, "resuming a staged fill");
+                    name = name.or_else(|| s.record.name.clone());
+                    expected_sha = expected_sha.or_else(|| s.record.sha256.clone());
+                    let len = s.len;
+                    unconfirmed = Some(s.record);
+                    (file, hasher, len)
+                }
+                Err(e) => {
+                    tracing::warn!(artifact, error = %e, "staged fill unreadable; starting over");
+                    (create(tmp).await?, Sha256::new(), 0)
+                }
+            },
+            None => (create(tmp).await?, Sha256::new(), 0),
+        };
+        // Upstream's validator of the bytes in the staged file.
+        let mut validator = unconfirmed.as_ref().map(|r| r.validator.clone());
+        // A resumed answer's validator differed: the next request asks for
+        // the whole zip again.
+        let mut changed = false;
         let mut last_error = FillError::NoAnswer;
         // After a restart from byte 0 (a store that ignored `Range`): how
         // many bytes the earlier answers had written, and their digest.
@@ -283,7 +326,7 @@ impl BlobStore {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
-            let from = (written > 0).then_some(written);
+            let from = (written > 0 && !changed).then_some(written);
             let response = match self.fetcher.get(&location, from).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -292,7 +335,23 @@ impl BlobStore {
                 }
             };
             match response.status() {
+                StatusCode::OK if unconfirmed.take().is_some() => {
+                    // The staged prefix is not confirmed: start over; no
+                    // client read it.
+                    tracing::info!(artifact, "range not honoured; staged prefix dropped");
+                    restart(&mut file, tmp).await?;
+                    (hasher, written) = (Sha256::new(), 0);
+                    let length = content_length(response.headers())
+                        .ok_or_else(|| FillError::BadAnswer("no Content-Length".into()))?;
+                    check_size(total, length)?;
+                    total = Some(length);
+                    validator = Some(
+                        self.record(tmp, artifact, response.headers(), length, facts, &name)
+                            .await,
+                    );
+                }
                 StatusCode::OK => {
+                    changed = false;
                     if written > 0 {
                         // The store ignored the range: start over, writing
                         // over the bytes in place rather than truncating, so
@@ -314,8 +373,37 @@ impl BlobStore {
                     if name.is_none() {
                         name = disposition_name(response.headers());
                     }
+                    validator = Some(
+                        self.record(tmp, artifact, response.headers(), length, facts, &name)
+                            .await,
+                    );
+                }
+                StatusCode::PARTIAL_CONTENT
+                    if validator
+                        .as_ref()
+                        .is_some_and(|v| *v != Validator::of(response.headers()))
+                        || unconfirmed.as_ref().is_some_and(|r| {
+                            content_range(response.headers()) != Some((written, r.size))
+                        }) =>
+                {
+                    // Other content than the bytes staged: a staged prefix
+                    // no client read is dropped; bytes clients may hold are
+                    // fetched again from the start and must repeat (the
+                    // 200 path checks them).
+                    tracing::info!(artifact, "blob changed upstream; starting over");
+                    last_error = FillError::BadAnswer("the blob changed upstream".into());
+                    if unconfirmed.take().is_some() {
+                        restart(&mut file, tmp).await?;
+                        (hasher, written, validator) = (Sha256::new(), 0, None);
+                    } else {
+                        changed = true;
+                    }
+                    continue;
                 }
                 StatusCode::PARTIAL_CONTENT => {
+                    if unconfirmed.take().is_some() {
+                        tracing::info!(artifact, from = written, "staged fill confirmed");
+                    }
                     let (start, length) = content_range(response.headers()).ok_or_else(|| {
                         FillError::BadAnswer("a 206 without a usable Content-Range".into())
                     })?;
@@ -346,8 +434,14 @@ impl BlobStore {
             }
             let size = total.unwrap_or(0);
             tx.send_modify(|s| {
-                if let FillState::Running { total, name: n, .. } = s {
+                if let FillState::Running {
+                    total,
+                    name: n,
+                    written: w,
+                } = s
+                {
                     *total = Some(size);
+                    *w = written;
                     n.clone_from(&name);
                 }
             });
@@ -403,7 +497,7 @@ impl BlobStore {
             if written == size {
                 file.sync_all().await.map_err(FillError::io("sync", tmp))?;
                 let sha256 = hex(&hasher.finalize());
-                if let Some(expected) = &facts.sha256 {
+                if let Some(expected) = &expected_sha {
                     if *expected != sha256 {
                         return Err(FillError::DigestMismatch {
                             expected: expected.clone(),
@@ -429,6 +523,37 @@ impl BlobStore {
             attempts: ATTEMPTS,
             last: Box::new(last_error),
         })
+    }
+
+    /// Writes the staged record beside `tmp` for upstream's answer (a
+    /// failure only costs resuming after a restart); returns its validator.
+    /// Awaited, so that the removal at the fill's end cannot overtake it.
+    async fn record(
+        &self,
+        tmp: &Path,
+        artifact: u64,
+        headers: &http::HeaderMap,
+        size: u64,
+        facts: &Facts,
+        name: &Option<String>,
+    ) -> Validator {
+        let validator = Validator::of(headers);
+        let record = StagedRecord {
+            artifact,
+            size,
+            sha256: facts.sha256.clone(),
+            name: name.clone(),
+            validator: validator.clone(),
+            boot: staged::boot_id(),
+            started: now_secs(),
+        };
+        let tmp = tmp.to_owned();
+        let written =
+            tokio::task::spawn_blocking(move || staged::write_record(&tmp, &record)).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::warn!(artifact, error = %e, "staged record not written");
+        }
+        validator
     }
 
     /// Commits a checked transfer to the backend, records it and applies
@@ -463,6 +588,54 @@ impl BlobStore {
         self.evict_over_quota(&mut Swept::default());
         Ok(record)
     }
+}
+
+async fn create(tmp: &Path) -> Result<tokio::fs::File, FillError> {
+    crate::private::create_file_async(tmp)
+        .await
+        .map_err(FillError::io("create", tmp))
+}
+
+/// Empties a staged file whose prefix upstream did not confirm.
+async fn restart(file: &mut tokio::fs::File, tmp: &Path) -> Result<(), FillError> {
+    file.set_len(0)
+        .await
+        .map_err(FillError::io("truncate", tmp))?;
+    file.seek(SeekFrom::Start(0))
+        .await
+        .map_err(FillError::io("seek in", tmp))?;
+    Ok(())
+}
+
+/// Opens a staged file for appending and re-hashes its prefix, on the
+/// blocking pool.
+async fn reopen(s: &Staged) -> std::io::Result<(tokio::fs::File, Sha256)> {
+    let (part, len) = (s.part.clone(), s.len);
+    let (file, hasher) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.set_len(len)?;
+        file.seek(SeekFrom::Start(len))?;
+        Ok::<_, std::io::Error>((file, hasher))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok((tokio::fs::File::from_std(file), hasher))
 }
 
 fn check_size(expected: Option<u64>, got: u64) -> Result<(), FillError> {
