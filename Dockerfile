@@ -41,6 +41,10 @@ CMD ["--api", "0.0.0.0:9090", "--blob", "0.0.0.0:9091", "--advertise-host", "ghe
 # The mirror: the default target, so it stays the last stage.
 FROM debian:${DEBIAN_RELEASE}-slim AS mirror
 # ca-certificates: system roots for an https upstream; curl: the health check.
+# /var/lib/artifact-mirror-secret: where docker-compose's scale profile
+# mounts the volume its replicas share the instance key on; a new named
+# volume takes this directory's owner, so the first replica can create the
+# key there.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
@@ -48,6 +52,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
       --home-dir /var/lib/artifact-mirror --shell /usr/sbin/nologin mirror \
  && install -d -o 10001 -g 10001 -m 0700 /var/lib/artifact-mirror \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/artifact-mirror-secret \
  && install -d -m 0755 /etc/artifact-mirror
 COPY --from=build /usr/local/bin/artifact-mirror /usr/local/bin/artifact-mirror
 COPY config/artifact-mirror.toml /etc/artifact-mirror/artifact-mirror.toml

@@ -795,3 +795,204 @@ fn interpolation_reads_like_compose() {
     assert_eq!(interpolate("${E-d}", &vars).as_deref(), Ok(""));
     assert_eq!(interpolate("${A:?set A}", &vars).as_deref(), Ok("x"));
 }
+
+// ---------------------------------------------------------------------------
+// The `scale` profile: replicas, HAProxy, MinIO
+
+const SCALE_REPLICAS: [&str; 3] = ["mirror-1", "mirror-2", "mirror-3"];
+
+/// The image of a service named by tag: neither missing nor `latest`.
+fn pinned_image(service: &Value, name: &str) -> String {
+    let image = str_of(service.get("image").expect("an image"), "image").to_owned();
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    assert!(
+        !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+        "{name} uses {image}: name the tag"
+    );
+    image
+}
+
+/// The replicas, the load balancer and the store agree: HAProxy runs the
+/// shipped config and names every replica at the port it listens on, the
+/// replicas share one key file on one volume and keep their own data, and
+/// the bucket they use is the one the `bucket` service creates, on the
+/// MinIO they reach, with its credentials. `check-config` accepts each
+/// replica's environment.
+#[test]
+fn the_scale_profile_wires_replicas_to_one_store_one_key_and_the_shipped_lb() {
+    let compose = compose();
+    for name in SCALE_REPLICAS.iter().chain(&["lb", "minio", "bucket"]) {
+        let svc = service(&compose, name);
+        assert_eq!(
+            strings(svc.get("profiles").expect("profiles"), "profiles"),
+            ["scale"],
+            "{name}"
+        );
+    }
+
+    // HAProxy: the shipped file, at the path the official image reads.
+    let lb = service(&compose, "lb");
+    assert!(pinned_image(lb, "lb").starts_with("haproxy:"));
+    let lb_mounts = mounts(lb);
+    let cfg = mount_at(&lb_mounts, "/usr/local/etc/haproxy/haproxy.cfg");
+    assert_eq!(cfg.source, "./deploy/haproxy/haproxy.cfg");
+    assert!(cfg.read_only);
+    let shipped = read("deploy/haproxy/haproxy.cfg");
+    let lb_env = environment(lb);
+    let directives: String = shipped
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let wanted: Vec<&str> = directives
+        .split("\"${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}\"").map(|(v, _)| v))
+        .collect();
+    assert_eq!(wanted.len(), 1 + 2 * SCALE_REPLICAS.len(), "{wanted:?}");
+    for var in wanted {
+        assert!(lb_env.contains_key(var), "lb sets no {var} for haproxy.cfg");
+    }
+    let lb_listen: SocketAddr = lb_env["MIRROR_LISTEN"].parse().expect("IP:PORT");
+    assert_eq!(
+        container_ports(lb),
+        [lb_listen.port()],
+        "lb publishes its bind"
+    );
+
+    let mut secret_volumes = Vec::new();
+    let mut data_volumes = Vec::new();
+    for (i, name) in SCALE_REPLICAS.iter().enumerate() {
+        let replica = service(&compose, name);
+        let env = environment(replica);
+        let listen: SocketAddr = env_var(&env, "ARTIFACT_MIRROR_LISTEN").parse().unwrap();
+        assert_eq!(
+            lb_env[&format!("REPLICA_{}", i + 1)],
+            format!("{name}:{}", listen.port()),
+            "haproxy's REPLICA_{} is {name}",
+            i + 1
+        );
+        let replica_mounts = mounts(replica);
+        let secret = Path::new(env_var(&env, "ARTIFACT_MIRROR_SECRET_FILE"));
+        let on = replica_mounts
+            .iter()
+            .find(|m| secret.starts_with(&m.target))
+            .unwrap_or_else(|| panic!("{name}'s secret_file is on no volume"));
+        assert!(!on.read_only, "the first replica creates the key");
+        secret_volumes.push((on.source.clone(), secret.to_owned()));
+        data_volumes.push(
+            mount_at(&replica_mounts, env_var(&env, "ARTIFACT_MIRROR_DATA_DIR"))
+                .source
+                .clone(),
+        );
+        if i > 0 {
+            let after = replica.get("depends_on").and_then(|d| d.get("mirror-1"));
+            let condition = after
+                .and_then(|a| a.get("condition"))
+                .map(|c| str_of(c, "condition"));
+            assert_eq!(
+                condition,
+                Some("service_healthy"),
+                "{name} starts after mirror-1 made the key"
+            );
+        }
+
+        // The settings the replica really resolves.
+        let vars = BTreeMap::from([
+            ("GHES_API_URL", "https://ghes.example.com/api/v3"),
+            ("MINIO_ROOT_PASSWORD", "pw"),
+        ]);
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("ARTIFACT_MIRROR_") || key.starts_with("AWS_") {
+                cmd.env_remove(key);
+            }
+        }
+        for (key, value) in &env {
+            if key != "ARTIFACT_MIRROR_CONFIG" {
+                cmd.env(key, interpolate(value, &vars).expect("interpolation"));
+            }
+        }
+        let out = cmd.arg("check-config").output().expect("binary runs");
+        assert!(
+            out.status.success(),
+            "check-config with {name}'s environment: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains(&format!(
+                "shared_store = \"{}\"",
+                env["ARTIFACT_MIRROR_SHARED_STORE"]
+            )),
+            "{shown}"
+        );
+    }
+    assert!(
+        secret_volumes.windows(2).all(|w| w[0] == w[1]),
+        "one key file on one volume: {secret_volumes:?}"
+    );
+    let mut distinct = data_volumes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        data_volumes.len(),
+        "own data: {data_volumes:?}"
+    );
+
+    // The key's directory exists in the image, owned by the mirror's user,
+    // so a new named volume mounted there is writable by the first replica.
+    let stages = dockerfile();
+    let runtime = stages.last().expect("a stage");
+    let uid = runtime
+        .last("USER")
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let key_dir = secret_volumes[0]
+        .1
+        .parent()
+        .expect("a directory")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        runtime
+            .runs()
+            .contains(&format!("install -d -o {uid} -g {uid} -m 0700 {key_dir}")),
+        "the image makes {key_dir} for user {uid}"
+    );
+
+    // The bucket: created by `bucket` on the MinIO the replicas reach.
+    let env = environment(service(&compose, SCALE_REPLICAS[0]));
+    let store = env_var(&env, "ARTIFACT_MIRROR_SHARED_STORE");
+    let bucket_name = store
+        .strip_prefix("s3://")
+        .and_then(|b| b.split('/').next())
+        .expect("s3://BUCKET");
+    let bucket = service(&compose, "bucket");
+    let script = strings(bucket.get("command").expect("command"), "command").join(" ");
+    assert!(
+        script.contains(&format!("mc mb --ignore-existing store/{bucket_name}")),
+        "{script}"
+    );
+    let minio = service(&compose, "minio");
+    pinned_image(minio, "minio");
+    let endpoint = env_var(&env, "AWS_ENDPOINT_URL");
+    let minio_args = strings(minio.get("command").expect("command"), "command");
+    let port = arg_after(&minio_args, "--address").trim_start_matches(':');
+    assert_eq!(endpoint, format!("http://minio:{port}"));
+    assert!(script.contains(&format!("http://minio:{port}")), "{script}");
+    assert_eq!(env_var(&env, "AWS_ALLOW_HTTP"), "true");
+    let minio_env = environment(minio);
+    assert_eq!(env["AWS_ACCESS_KEY_ID"], minio_env["MINIO_ROOT_USER"]);
+    assert_eq!(
+        env["AWS_SECRET_ACCESS_KEY"],
+        minio_env["MINIO_ROOT_PASSWORD"]
+    );
+    assert_eq!(
+        environment(bucket),
+        minio_env,
+        "bucket logs in as MinIO's root"
+    );
+}

@@ -1,7 +1,7 @@
 //! What changes as wall time passes, with the mirror's clock advanced
 //! instead of slept through: a fresh JSON entry goes stale, a young grant
-//! ends `max_fresh` after upstream last said yes, a signed blob URL expires
-//! and an entry ages past `stale_if_error`.
+//! ends `max_fresh` after upstream last said yes, a signed blob URL expires,
+//! an entry ages past `stale_if_error` and past a client's `max-age`.
 //!
 //! The clock is one per process, so these tests live in their own binary
 //! and take turns ([`TURN`]): one advancing it would disturb the other.
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use artifact_mirror::advance_clock;
 use artifact_mirror::config::{Layer, Revalidate, Span};
-use common::{get, Harness, Reply};
+use common::{get, get_with, Harness, Reply};
 use ghes_sim::fixtures::{PRIVATE_REPO, PUBLIC_REPO, READER_TOKEN};
 use ghes_sim::NewArtifact;
 use http::StatusCode;
@@ -230,4 +230,31 @@ async fn an_entry_older_than_stale_if_error_is_not_served() {
         (StatusCode::SERVICE_UNAVAILABLE, "BYPASS"),
         "an entry served past stale_if_error"
     );
+}
+
+/// A client's `Cache-Control: max-age=N` refuses an entry older than N
+/// seconds, even a fresh one under `when-stale`; an older limit accepts it.
+#[tokio::test]
+async fn a_client_max_age_below_the_entry_age_revalidates() {
+    let _turn = TURN.lock().await;
+    let h = Harness::start_with(when_stale).await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    assert_eq!(x_cache(&get(&url, Some(READER_TOKEN)).await), "MISS");
+    // Aged a third of MAX_FRESH (10 s): fresh, but older than max-age=5.
+    advance_clock(MAX_FRESH / 3);
+    let ask = |max_age: u64| {
+        let url = url.clone();
+        async move {
+            let directive = format!("max-age={max_age}");
+            let reply = get_with(&url, Some(READER_TOKEN), &[("cache-control", &directive)]).await;
+            x_cache(&reply).to_owned()
+        }
+    };
+    assert_eq!(ask(20).await, "HIT");
+    assert_eq!(h.sim.counters().list_repo, 1);
+    assert_eq!(ask(5).await, "REVALIDATED");
+    assert_eq!(h.sim.counters().list_repo, 2);
+    // The revalidated entry is young again: max-age=5 accepts it.
+    assert_eq!(ask(5).await, "HIT");
+    assert_eq!(h.sim.counters().list_repo, 2);
 }
