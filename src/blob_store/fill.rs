@@ -25,6 +25,7 @@ use crate::error::FillError;
 use crate::index::{BlobRecord, Facts};
 
 use super::backend::Backend;
+use super::relay::Origin;
 use super::staged::{self, Staged, StagedRecord, Validator};
 use super::{BlobStore, Swept};
 
@@ -44,6 +45,12 @@ pub enum FillState {
     /// Whole and checked (size, digest): every byte is in the staged file
     /// or, once committed, in the backend.
     Verified(BlobRecord),
+    /// The disk could not hold it: every reader gets its bytes straight
+    /// from upstream (see [`super::relay`]); nothing is kept.
+    Unkept {
+        size: u64,
+        name: Option<String>,
+    },
     Failed(Arc<FillError>),
 }
 
@@ -80,6 +87,8 @@ pub enum FillOutcome {
     Stored,
     /// Over `max_blob_bytes`: streamed to its clients, not kept.
     NotKept,
+    /// The disk was full: relayed from upstream to its clients, not kept.
+    DiskFull,
     Failed,
 }
 
@@ -95,6 +104,9 @@ pub struct Fill {
     /// Where the finished blob lands: a reader that finds the staged file
     /// renamed away opens it there.
     pub(super) backend: Arc<dyn Backend>,
+    /// Where its bytes come from; readers relay from it when the disk is
+    /// full.
+    pub(super) origin: Arc<Origin>,
     pub(super) state: watch::Receiver<FillState>,
     /// Clients streaming from this fill (a metric).
     pub(super) readers: AtomicU64,
@@ -116,6 +128,7 @@ impl Fill {
                 name,
             } => (*written, *total, name.clone()),
             FillState::Verified(r) => (r.size, Some(r.size), Some(r.name.clone())),
+            FillState::Unkept { size, name } => (0, Some(*size), name.clone()),
             FillState::Failed(_) => (0, None, None),
         };
         FillView {
@@ -193,6 +206,12 @@ impl BlobStore {
             started_unix: now_secs(),
             tmp: tmp.clone(),
             backend: self.backend.clone(),
+            origin: Arc::new(Origin::new(
+                location,
+                relocate,
+                self.fetcher.clone(),
+                self.metrics.clone(),
+            )),
             state: rx,
             readers: AtomicU64::new(0),
             transient: AtomicBool::new(false),
@@ -203,7 +222,7 @@ impl BlobStore {
         let detached = fill.clone();
         tokio::spawn(async move {
             let outcome = store
-                .transfer(artifact, &tmp, location, &facts, &relocate, &tx, resume)
+                .transfer(artifact, &tmp, &detached.origin, &facts, &tx, resume)
                 .await;
             // The transfer ended in this process: nothing to resume after a
             // restart (a crash before the commit loses the bytes, never
@@ -218,16 +237,40 @@ impl BlobStore {
                         "blob over max_blob_bytes: streamed, not stored"
                     );
                     detached.transient.store(true, Ordering::Relaxed);
+                    store.metrics.not_kept();
                     Ok(record)
                 }
                 Ok(record) => store.keep(artifact, &tmp, record).await,
                 Err(e) => Err(e),
+            };
+            // A full disk (ENOSPC, a disk quota): its clients still get the
+            // zip, relayed from upstream, once the size is known.
+            let unkept = match (&outcome, &*tx.borrow()) {
+                (
+                    Err(e),
+                    FillState::Running {
+                        total: Some(size),
+                        name,
+                        ..
+                    },
+                ) if e.is_no_space() => Some((*size, name.clone())),
+                _ => None,
+            };
+            if let (Some((size, _)), Err(e)) = (&unkept, &outcome) {
+                tracing::warn!(
+                    artifact,
+                    size,
+                    error = %e,
+                    "disk full: zip relayed from upstream to its clients, not kept"
+                );
+                store.metrics.not_kept();
             }
-            .map_err(Arc::new);
+            let outcome = outcome.map_err(Arc::new);
             let transient = detached.transient.load(Ordering::Relaxed);
             let ended = match &outcome {
                 Ok(_) if transient => FillOutcome::NotKept,
                 Ok(_) => FillOutcome::Stored,
+                Err(_) if unkept.is_some() => FillOutcome::DiskFull,
                 Err(_) => FillOutcome::Failed,
             };
             let failed = outcome.is_err();
@@ -240,7 +283,9 @@ impl BlobStore {
                 store.expire(vec![artifact]).await;
             }
             if let Err(e) = &outcome {
-                tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
+                if unkept.is_none() {
+                    tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
+                }
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
             {
@@ -250,9 +295,10 @@ impl BlobStore {
                 }
                 recent.push_back(view);
             }
-            tx.send_replace(match outcome {
-                Ok(record) => FillState::Verified(record),
-                Err(e) => FillState::Failed(e),
+            tx.send_replace(match (outcome, unkept) {
+                (Ok(record), _) => FillState::Verified(record),
+                (Err(_), Some((size, name))) => FillState::Unkept { size, name },
+                (Err(e), None) => FillState::Failed(e),
             });
             if transient || failed {
                 // Clients redirected to it arrive within their signed URL's
@@ -276,14 +322,12 @@ impl BlobStore {
 
     /// Brings the whole zip into `tmp`, resuming with `Range` after a cut,
     /// or from the staged file an earlier process left (`resume`).
-    #[allow(clippy::too_many_arguments)]
     async fn transfer(
         &self,
         artifact: u64,
         tmp: &Path,
-        mut location: Uri,
+        origin: &Origin,
         facts: &Facts,
-        relocate: &Relocate,
         tx: &watch::Sender<FillState>,
         resume: Option<Staged>,
     ) -> Result<BlobRecord, FillError> {
@@ -327,7 +371,7 @@ impl BlobStore {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
             let from = (written > 0 && !changed).then_some(written);
-            let response = match self.fetcher.get(&location, from).await {
+            let response = match self.fetcher.get(&origin.location(), from).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = FillError::Unreachable(e);
@@ -421,9 +465,8 @@ impl BlobStore {
                 | StatusCode::NOT_FOUND
                 | StatusCode::GONE => {
                     last_error = FillError::UpstreamStatus(response.status());
-                    match relocate().await {
-                        Some(fresh) => location = fresh,
-                        None => return Err(FillError::NoFreshLocation(response.status())),
+                    if !origin.relocate().await {
+                        return Err(FillError::NoFreshLocation(response.status()));
                     }
                     continue;
                 }
@@ -655,7 +698,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// `bytes a-b/total` → (a, total).
-fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
+pub(super) fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
     let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
     let (start, _) = range.split_once('-')?;

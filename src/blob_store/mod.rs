@@ -17,6 +17,7 @@
 mod backend;
 mod fill;
 pub(crate) mod local;
+mod relay;
 mod staged;
 mod staging;
 
@@ -206,7 +207,7 @@ impl BlobStore {
             let kept = match &*fill.state.borrow() {
                 FillState::Failed(e) => return Some(Available::Failed(e.clone())),
                 FillState::Verified(_) => !fill.transient.load(Ordering::Relaxed),
-                FillState::Running { .. } => false,
+                FillState::Running { .. } | FillState::Unkept { .. } => false,
             };
             if !kept {
                 return Some(Available::Filling(fill.clone()));
