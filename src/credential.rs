@@ -38,36 +38,26 @@ impl InstanceSecret {
     /// file is refused rather than used; group bits are allowed, because
     /// orchestrators share mounted secrets with the pod's group.
     pub fn load_or_create(path: &Path) -> io::Result<InstanceSecret> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                refuse_world_access(path)?;
-                let key: [u8; SECRET_LEN] = bytes.as_slice().try_into().map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "{} holds {} bytes, expected {SECRET_LEN}; remove it to make a new one \
-                             (cached JSON then revalidates once)",
-                            path.display(),
-                            bytes.len()
-                        ),
-                    )
-                })?;
-                Ok(InstanceSecret::keyed(&key))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut key = [0u8; SECRET_LEN];
-                getrandom::fill(&mut key).map_err(io::Error::other)?;
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path)?;
-                file.write_all(&key)?;
-                file.sync_all()?;
-                Ok(InstanceSecret::keyed(&key))
-            }
-            Err(e) => Err(e),
+        if let Some(key) = read_key(path)? {
+            return Ok(InstanceSecret::keyed(&key));
         }
+        let mut key = [0u8; SECRET_LEN];
+        getrandom::fill(&mut key).map_err(io::Error::other)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        file.write_all(&key)?;
+        file.sync_all()?;
+        Ok(InstanceSecret::keyed(&key))
+    }
+
+    /// What [`load_or_create`](Self::load_or_create) would refuse in an
+    /// existing file (`check-config` runs it); a missing file is fine, the
+    /// start creates it.
+    pub fn check(path: &Path) -> io::Result<()> {
+        read_key(path).map(|_| ())
     }
 
     fn keyed(key: &[u8; SECRET_LEN]) -> InstanceSecret {
@@ -150,6 +140,28 @@ impl fmt::Debug for ConnCredential {
 
 /// An existing key file with any "others" permission bit is an error that
 /// says how to fix it. Follows symlinks: mounted secrets are links.
+/// The key in `path`; `None` when there is no file.
+fn read_key(path: &Path) -> io::Result<Option<[u8; SECRET_LEN]>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    refuse_world_access(path)?;
+    let key = bytes.as_slice().try_into().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} holds {} bytes, expected {SECRET_LEN}; remove it to make a new one \
+                 (cached JSON then revalidates once)",
+                path.display(),
+                bytes.len()
+            ),
+        )
+    })?;
+    Ok(Some(key))
+}
+
 fn refuse_world_access(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {

@@ -102,19 +102,33 @@ async fn a_secret_file_of_the_wrong_size_or_open_to_others_stops_the_start() {
         std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
+    // The settings refuse it (so `serve` stops before binding, exit 2), and
+    // so does `check-config`, naming the setting.
     let start = |secret: PathBuf| {
         let layer = Layer {
             upstream: Some(h.sim.api_base().parse().expect("sim base is a URL")),
             listen: Some("127.0.0.1:0".parse().expect("address")),
             data_dir: Some(dir.path().to_owned()),
-            secret_file: Some(secret),
+            secret_file: Some(secret.clone()),
             ..Layer::default()
         };
+        let check = common::mirror_command()
+            .args(["check-config", "--upstream", &h.sim.api_base()])
+            .arg("--secret-file")
+            .arg(&secret)
+            .output()
+            .expect("check-config runs");
+        assert_eq!(check.status.code(), Some(2), "{check:?}");
+        let said = String::from_utf8_lossy(&check.stderr).into_owned();
+        assert!(said.contains("secret_file"), "{said}");
         async move {
-            let settings = Settings::resolve(layer).expect("valid settings");
-            match Server::bind(&settings).await {
-                Ok(_) => panic!("started with a bad secret file"),
-                Err(e) => e.to_string(),
+            match Settings::resolve(layer) {
+                Ok(_) => panic!("settings accept a bad secret file"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(said.contains(&e), "check-config says {said}, not {e}");
+                    e
+                }
             }
         }
     };

@@ -504,6 +504,10 @@ impl Settings {
             crate::tls::read_ca_file(path)
                 .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
         }
+        if let Some(path) = &self.secret_file {
+            crate::credential::InstanceSecret::check(path)
+                .map_err(|e| ConfigError::invalid("secret_file", e.to_string()))?;
+        }
         prefetch::check(self)
     }
 
