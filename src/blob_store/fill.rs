@@ -138,6 +138,14 @@ impl Drop for Fill {
     }
 }
 
+/// Where a fill's bytes come from.
+pub(crate) enum Origin {
+    /// The blob storage GHES redirected to.
+    Upstream { location: Uri, relocate: Relocate },
+    /// The shared store, which another replica filled from GHES.
+    Shared(Arc<super::shared::SharedTier>, super::shared::SharedRecord),
+}
+
 /// Asks the download endpoint again for a fresh `Location` when the signed
 /// one expired mid-fill (with the credential that started it, in memory).
 pub type Relocate =
@@ -152,6 +160,16 @@ impl BlobStore {
         location: Uri,
         facts: Facts,
         relocate: Relocate,
+    ) -> (Arc<Fill>, bool) {
+        self.fill_from(artifact, facts, Origin::Upstream { location, relocate })
+    }
+
+    /// [`BlobStore::fill`] from either origin.
+    pub(super) fn fill_from(
+        self: &Arc<Self>,
+        artifact: u64,
+        facts: Facts,
+        origin: Origin,
     ) -> (Arc<Fill>, bool) {
         let mut fills = self.lock();
         if let Some(fill) = fills.get(&artifact) {
@@ -188,9 +206,15 @@ impl BlobStore {
         let store = self.clone();
         let detached = fill.clone();
         tokio::spawn(async move {
-            let outcome = store
-                .transfer(artifact, &tmp, location, &facts, &relocate, &tx)
-                .await;
+            let publish = matches!(origin, Origin::Upstream { .. });
+            let outcome = match origin {
+                Origin::Upstream { location, relocate } => {
+                    store
+                        .transfer(artifact, &tmp, location, &facts, &relocate, &tx)
+                        .await
+                }
+                Origin::Shared(tier, record) => tier.transfer(&tmp, &record, &tx).await,
+            };
             let outcome = match outcome {
                 Ok(record) if record.size > store.max_blob => {
                     tracing::info!(
@@ -202,7 +226,13 @@ impl BlobStore {
                     detached.transient.store(true, Ordering::Relaxed);
                     Ok(record)
                 }
-                Ok(record) => store.keep(artifact, &tmp, record).await,
+                Ok(record) => {
+                    let kept = store.keep(artifact, &tmp, record).await;
+                    if let (Ok(record), true) = (&kept, publish) {
+                        store.publish(artifact, record);
+                    }
+                    kept
+                }
                 Err(e) => Err(e),
             }
             .map_err(Arc::new);

@@ -17,6 +17,7 @@
 mod backend;
 mod fill;
 pub(crate) mod local;
+pub mod shared;
 mod staging;
 
 use std::collections::{HashMap, VecDeque};
@@ -95,6 +96,8 @@ pub struct BlobStore {
     /// The last [`fill::RECENT_FILLS`] ended fills, newest last.
     recent: Mutex<VecDeque<FillView>>,
     metrics: Arc<Metrics>,
+    /// The bucket replicas share (see [`shared`]), when configured.
+    shared: Option<Arc<shared::SharedTier>>,
 }
 
 impl BlobStore {
@@ -128,6 +131,7 @@ impl BlobStore {
             fills: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             metrics,
+            shared: None,
         };
         // Files a record or a sidecar names are kept (missing records are
         // rebuilt from sidecars: a lost index must not empty the store).
@@ -145,6 +149,31 @@ impl BlobStore {
             .stored_blobs
             .store(report.stored_blobs, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Publishes every blob kept from now on to `tier`, and reads from it
+    /// on a local miss.
+    pub fn share_with(&mut self, tier: shared::SharedTier) {
+        self.shared = Some(Arc::new(tier));
+    }
+
+    /// After a verified blob was kept: uploads it to the shared store in
+    /// the background. A failure is logged and counted, never seen by a
+    /// client.
+    pub(crate) fn publish(self: &Arc<Self>, artifact: u64, record: &BlobRecord) {
+        let Some(tier) = self.shared.clone() else {
+            return;
+        };
+        let (store, record) = (self.clone(), record.clone());
+        tokio::spawn(async move {
+            let published = match store.open_blob(&record).await {
+                Ok(blob) => tier.publish(artifact, &record, blob).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = published {
+                tracing::warn!(artifact, error = %e, "blob not published to the shared store");
+            }
+        });
     }
 
     pub fn stored_bytes(&self) -> u64 {
@@ -253,6 +282,9 @@ impl BlobStore {
         if artifacts.is_empty() {
             return;
         }
+        for &artifact in &artifacts {
+            self.unshare(artifact);
+        }
         let store = self.clone();
         let removed = tokio::task::spawn_blocking(move || {
             for artifact in artifacts {
@@ -276,6 +308,9 @@ impl BlobStore {
 
     /// [`BlobStore::remove_now`] on the blocking pool.
     pub async fn remove(self: &Arc<Self>, artifact: u64, reason: Eviction) -> bool {
+        if reason == Eviction::Expired {
+            self.unshare(artifact);
+        }
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.remove_now(artifact, reason))
             .await
