@@ -250,3 +250,88 @@ impl SharedTier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    struct InMemoryBlob(Bytes);
+
+    impl StoredBlob for InMemoryBlob {
+        fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
+            let start = (pos as usize).min(self.0.len());
+            let end = (start + len).min(self.0.len());
+            Ok(self.0.slice(start..end))
+        }
+    }
+
+    fn record(content: &[u8]) -> BlobRecord {
+        use sha2::Digest;
+        BlobRecord {
+            sha256: hex::encode(sha2::Sha256::digest(content)),
+            size: content.len() as u64,
+            name: "dist".into(),
+            expires_at: Some(4_000_000_000),
+            stored_at: 0,
+            repo: None,
+        }
+    }
+
+    async fn keys(store: &InMemory) -> Vec<String> {
+        let mut keys: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn one_blob_per_digest_under_the_prefix_gone_with_its_last_artifact() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::from("eu"), metrics);
+        let zip = Bytes::from(vec![7u8; 3 * PART / 2]);
+        let r = record(&zip);
+        for artifact in [1, 2] {
+            let blob = Arc::new(InMemoryBlob(zip.clone()));
+            tier.publish(artifact, &r, blob).await.unwrap();
+        }
+        let sha = &r.sha256;
+        assert_eq!(
+            keys(&store).await,
+            [
+                "eu/artifacts/1".to_owned(),
+                "eu/artifacts/2".to_owned(),
+                format!("eu/blobs/sha256/{sha}"),
+                format!("eu/refs/{sha}/1"),
+                format!("eu/refs/{sha}/2"),
+            ]
+        );
+        let shared = tier.record(2).await.unwrap().unwrap();
+        assert_eq!(shared, SharedRecord::from(&r));
+        let body: Vec<Bytes> = tier.open(sha).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(body.concat(), zip.to_vec());
+        assert_eq!(tier.record(3).await.unwrap(), None);
+
+        tier.forget(1).await.unwrap();
+        assert_eq!(keys(&store).await.len(), 3, "the blob stays for artifact 2");
+        tier.forget(2).await.unwrap();
+        assert!(keys(&store).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_blob_shorter_than_its_record_is_not_published() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let mut r = record(b"abc");
+        r.size = 10;
+        let blob = Arc::new(InMemoryBlob(Bytes::from_static(b"abc")));
+        assert!(tier.publish(1, &r, blob).await.is_err());
+        assert!(keys(&store).await.is_empty());
+    }
+}
