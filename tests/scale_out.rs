@@ -482,6 +482,20 @@ impl Moto {
         builder.build().expect("an S3 client")
     }
 
+    /// Waits (bounded) until none of `keys` is in the bucket.
+    async fn until_gone(&self, keys: &[String]) {
+        use object_store::ObjectStoreExt;
+        let bucket = self.bucket();
+        let deadline = std::time::Instant::now() + common::TIMEOUT;
+        for key in keys {
+            let key = object_store::path::Path::from(key.as_str());
+            while bucket.head(&key).await.is_ok() {
+                assert!(std::time::Instant::now() < deadline, "{key} still there");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// Waits (bounded) until the shared record of artifact `id` is there;
     /// returns it and the shared blob it names.
     async fn until_recorded(&self, id: u64) -> (serde_json::Value, Vec<u8>) {
@@ -621,6 +635,24 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
         assert_eq!(outsider.status, StatusCode::NOT_FOUND, "{outsider:?}");
         assert!(!outsider.body.starts_with(b"PK"));
     }
+
+    // DELETE through a replica: the record and the blob leave the bucket.
+    let (id4, _, _) = &served[3];
+    let (record, _) = moto.until_recorded(*id4).await;
+    let deleted = common::send(common::request(
+        http::Method::DELETE,
+        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id4}"),
+        Some(ghes_sim::fixtures::ADMIN_TOKEN),
+    ))
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    let sha = record["sha256"].as_str().expect("a digest");
+    moto.until_gone(&[
+        format!("eu/artifacts/{id4}"),
+        format!("eu/blobs/sha256/{sha}"),
+        format!("eu/refs/{sha}/{id4}"),
+    ])
+    .await;
 
     // The store stops: a new artifact, and a known one on another empty
     // replica, still download right, from GHES.
