@@ -40,6 +40,7 @@ pub struct SharedStoreMetrics {
     degraded: Counter,
     bytes: Family<DirectionLabel, Counter>,
     duration: Histogram,
+    read_duration: Histogram,
 }
 
 impl Default for SharedStoreMetrics {
@@ -53,6 +54,7 @@ impl Default for SharedStoreMetrics {
             bytes: Family::default(),
             // 1 ms to ~65 s: a record read to a large upload.
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            read_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         }
     }
 }
@@ -99,6 +101,12 @@ impl SharedStoreMetrics {
             Unit::Seconds,
             self.duration.clone(),
         );
+        r.register_with_unit(
+            "shared_store_read_duration",
+            "Time to a record, or to a blob's response head, from the shared store (failures included)",
+            Unit::Seconds,
+            self.read_duration.clone(),
+        );
     }
 
     pub fn hit(&self) {
@@ -132,5 +140,9 @@ impl SharedStoreMetrics {
 
     pub fn observe(&self, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_read(&self, elapsed: Duration) {
+        self.read_duration.observe(elapsed.as_secs_f64());
     }
 }

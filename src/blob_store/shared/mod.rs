@@ -202,9 +202,10 @@ impl SharedTier {
                 Err(e) => Err(e),
             }
         };
-        let bytes = tokio::time::timeout(FIRST_BYTES, read)
-            .await
-            .map_err(|_| SharedError::Timeout(FIRST_BYTES))??;
+        let started = Instant::now();
+        let bytes = tokio::time::timeout(FIRST_BYTES, read).await;
+        self.metrics.observe_read(started.elapsed());
+        let bytes = bytes.map_err(|_| SharedError::Timeout(FIRST_BYTES))??;
         match bytes {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => {
@@ -221,9 +222,10 @@ impl SharedTier {
         sha256: &str,
     ) -> Result<impl futures_util::Stream<Item = Result<Bytes, SharedError>> + use<>, SharedError>
     {
-        let got = tokio::time::timeout(FIRST_BYTES, self.store.get(&self.blob_key(sha256)))
-            .await
-            .map_err(|_| SharedError::Timeout(FIRST_BYTES))??;
+        let started = Instant::now();
+        let got = tokio::time::timeout(FIRST_BYTES, self.store.get(&self.blob_key(sha256))).await;
+        self.metrics.observe_read(started.elapsed());
+        let got = got.map_err(|_| SharedError::Timeout(FIRST_BYTES))??;
         self.metrics.hit();
         let metrics = self.metrics.clone();
         Ok(got.into_stream().map(move |chunk| {
