@@ -367,6 +367,7 @@ impl Downloads {
                 let (mut total, name) = match known {
                     FillState::Failed(e) => return Err(MirrorError::Fill(e)),
                     FillState::Verified(record) => (record.size, Some(record.name)),
+                    FillState::Unkept { size, name } => (size, name),
                     FillState::Running { total, name, .. } => (total.unwrap_or(0), name),
                 };
                 if total == 0 && running {
@@ -381,6 +382,7 @@ impl Downloads {
                         .clone();
                     match verdict {
                         FillState::Verified(record) => total = record.size,
+                        FillState::Unkept { size, .. } => total = size,
                         FillState::Failed(e) => return Err(MirrorError::Fill(e)),
                         FillState::Running { .. } => {
                             return Err(MirrorError::Fill(Arc::new(FillError::Stopped)))

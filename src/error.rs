@@ -65,6 +65,21 @@ impl FillError {
         let path = path.to_owned();
         move |source| FillError::Io { op, path, source }
     }
+
+    /// Whether the local disk ran out of space (or of the user's disk
+    /// quota): the zip cannot be kept, but can still be relayed.
+    pub(crate) fn is_no_space(&self) -> bool {
+        match self {
+            FillError::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) || matches!(source.raw_os_error(), Some(28 | 122))
+            }
+            FillError::GaveUp { last, .. } => last.is_no_space(),
+            _ => false,
+        }
+    }
 }
 
 /// Why a delivery was refused; [`WebhookError::status`] is its status.

@@ -304,6 +304,7 @@ fn fills(h: &mut String, list: &[FillView], detail: bool, id: &str) {
                 None => "in flight",
                 Some(FillOutcome::Stored) => "stored",
                 Some(FillOutcome::NotKept) => "streamed, not kept (over max_blob_bytes)",
+                Some(FillOutcome::DiskFull) => "relayed from upstream, not kept (disk full)",
                 Some(FillOutcome::Failed) => "failed (see the log)",
             }
         );

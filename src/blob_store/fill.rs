@@ -25,6 +25,8 @@ use crate::error::FillError;
 use crate::index::{BlobRecord, Facts};
 
 use super::backend::Backend;
+use super::relay::Origin;
+use super::staged::{self, Staged, StagedRecord, Validator};
 use super::{BlobStore, Swept};
 
 /// Transfers attempted per fill (the first and the resumes).
@@ -43,6 +45,12 @@ pub enum FillState {
     /// Whole and checked (size, digest): every byte is in the staged file
     /// or, once committed, in the backend.
     Verified(BlobRecord),
+    /// The disk could not hold it: every reader gets its bytes straight
+    /// from upstream (see [`super::relay`]); nothing is kept.
+    Unkept {
+        size: u64,
+        name: Option<String>,
+    },
     Failed(Arc<FillError>),
 }
 
@@ -79,6 +87,8 @@ pub enum FillOutcome {
     Stored,
     /// Over `max_blob_bytes`: streamed to its clients, not kept.
     NotKept,
+    /// The disk was full: relayed from upstream to its clients, not kept.
+    DiskFull,
     Failed,
 }
 
@@ -94,6 +104,10 @@ pub struct Fill {
     /// Where the finished blob lands: a reader that finds the staged file
     /// renamed away opens it there.
     pub(super) backend: Arc<dyn Backend>,
+    /// Where its bytes come from upstream; readers relay from it when the
+    /// disk is full. `None` for a fill from the shared store, which fails
+    /// instead (the next download asks GHES).
+    pub(super) origin: Option<Arc<Origin>>,
     pub(super) state: watch::Receiver<FillState>,
     /// Clients streaming from this fill (a metric).
     pub(super) readers: AtomicU64,
@@ -115,6 +129,7 @@ impl Fill {
                 name,
             } => (*written, *total, name.clone()),
             FillState::Verified(r) => (r.size, Some(r.size), Some(r.name.clone())),
+            FillState::Unkept { size, name } => (0, Some(*size), name.clone()),
             FillState::Failed(_) => (0, None, None),
         };
         FillView {
@@ -139,9 +154,9 @@ impl Drop for Fill {
 }
 
 /// Where a fill's bytes come from.
-pub(crate) enum Origin {
+pub(crate) enum FillSource {
     /// The blob storage GHES redirected to.
-    Upstream { location: Uri, relocate: Relocate },
+    Upstream(Arc<Origin>),
     /// The shared store, which another replica filled from GHES.
     Shared(Arc<super::shared::SharedTier>, super::shared::SharedRecord),
 }
@@ -161,7 +176,13 @@ impl BlobStore {
         facts: Facts,
         relocate: Relocate,
     ) -> (Arc<Fill>, bool) {
-        self.fill_from(artifact, facts, Origin::Upstream { location, relocate })
+        let origin = Origin::new(
+            location,
+            relocate,
+            self.fetcher.clone(),
+            self.metrics.clone(),
+        );
+        self.fill_from(artifact, facts, FillSource::Upstream(Arc::new(origin)))
     }
 
     /// [`BlobStore::fill`] from either origin.
@@ -169,7 +190,7 @@ impl BlobStore {
         self: &Arc<Self>,
         artifact: u64,
         facts: Facts,
-        origin: Origin,
+        source: FillSource,
     ) -> (Arc<Fill>, bool) {
         let mut fills = self.lock();
         if let Some(fill) = fills.get(&artifact) {
@@ -179,12 +200,25 @@ impl BlobStore {
                 return (fill.clone(), true);
             }
         }
-        let mut nonce = [0u8; 8];
-        let _ = getrandom::fill(&mut nonce);
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{artifact}-{}.part", hex(&nonce)));
+        // A staged file an earlier process left is resumed unless what is
+        // known of the artifact now contradicts its record.
+        let (resume, stale) = match self.resumable.take(artifact) {
+            Some(s) if s.record.fits(&facts) => (Some(s), None),
+            other => (None, other),
+        };
+        if let Some(stale) = stale {
+            tokio::task::spawn_blocking(move || staged::remove(&stale.part));
+        }
+        let tmp = match &resume {
+            Some(s) => s.part.clone(),
+            None => {
+                let mut nonce = [0u8; 8];
+                let _ = getrandom::fill(&mut nonce);
+                self.dir
+                    .join("tmp")
+                    .join(format!("{artifact}-{}.part", hex(&nonce)))
+            }
+        };
         let (tx, rx) = watch::channel(FillState::Running {
             written: 0,
             total: facts.size,
@@ -197,6 +231,10 @@ impl BlobStore {
             started_unix: now_secs(),
             tmp: tmp.clone(),
             backend: self.backend.clone(),
+            origin: match &source {
+                FillSource::Upstream(origin) => Some(origin.clone()),
+                FillSource::Shared(..) => None,
+            },
             state: rx,
             readers: AtomicU64::new(0),
             transient: AtomicBool::new(false),
@@ -206,15 +244,19 @@ impl BlobStore {
         let store = self.clone();
         let detached = fill.clone();
         tokio::spawn(async move {
-            let publish = matches!(origin, Origin::Upstream { .. });
-            let outcome = match origin {
-                Origin::Upstream { location, relocate } => {
+            let publish = matches!(source, FillSource::Upstream(_));
+            let outcome = match source {
+                FillSource::Upstream(origin) => {
                     store
-                        .transfer(artifact, &tmp, location, &facts, &relocate, &tx)
+                        .transfer(artifact, &tmp, &origin, &facts, &tx, resume)
                         .await
                 }
-                Origin::Shared(tier, record) => tier.transfer(&tmp, &record, &tx).await,
+                FillSource::Shared(tier, record) => tier.transfer(&tmp, &record, &tx).await,
             };
+            // The transfer ended in this process: nothing to resume after a
+            // restart (a crash before the commit loses the bytes, never
+            // leaves a blob).
+            let _ = tokio::fs::remove_file(staged::record_path(&tmp)).await;
             let outcome = match outcome {
                 Ok(record) if record.size > store.max_blob => {
                     tracing::info!(
@@ -224,6 +266,7 @@ impl BlobStore {
                         "blob over max_blob_bytes: streamed, not stored"
                     );
                     detached.transient.store(true, Ordering::Relaxed);
+                    store.metrics.not_kept();
                     Ok(record)
                 }
                 Ok(record) => {
@@ -234,12 +277,36 @@ impl BlobStore {
                     kept
                 }
                 Err(e) => Err(e),
+            };
+            // A full disk (ENOSPC, a disk quota): its clients still get the
+            // zip, relayed from upstream, once the size is known (a fill
+            // from the shared store has no upstream to relay: it fails).
+            let unkept = match (&outcome, &*tx.borrow()) {
+                (
+                    Err(e),
+                    FillState::Running {
+                        total: Some(size),
+                        name,
+                        ..
+                    },
+                ) if e.is_no_space() && publish => Some((*size, name.clone())),
+                _ => None,
+            };
+            if let (Some((size, _)), Err(e)) = (&unkept, &outcome) {
+                tracing::warn!(
+                    artifact,
+                    size,
+                    error = %e,
+                    "disk full: zip relayed from upstream to its clients, not kept"
+                );
+                store.metrics.not_kept();
             }
-            .map_err(Arc::new);
+            let outcome = outcome.map_err(Arc::new);
             let transient = detached.transient.load(Ordering::Relaxed);
             let ended = match &outcome {
                 Ok(_) if transient => FillOutcome::NotKept,
                 Ok(_) => FillOutcome::Stored,
+                Err(_) if unkept.is_some() => FillOutcome::DiskFull,
                 Err(_) => FillOutcome::Failed,
             };
             let failed = outcome.is_err();
@@ -252,7 +319,9 @@ impl BlobStore {
                 store.expire(vec![artifact]).await;
             }
             if let Err(e) = &outcome {
-                tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
+                if unkept.is_none() {
+                    tracing::warn!(artifact, error = %e, "fill failed; nothing stored");
+                }
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
             {
@@ -262,9 +331,10 @@ impl BlobStore {
                 }
                 recent.push_back(view);
             }
-            tx.send_replace(match outcome {
-                Ok(record) => FillState::Verified(record),
-                Err(e) => FillState::Failed(e),
+            tx.send_replace(match (outcome, unkept) {
+                (Ok(record), _) => FillState::Verified(record),
+                (Err(_), Some((size, name))) => FillState::Unkept { size, name },
+                (Err(e), None) => FillState::Failed(e),
             });
             if transient || failed {
                 // Clients redirected to it arrive within their signed URL's
@@ -286,23 +356,46 @@ impl BlobStore {
         (fill, false)
     }
 
-    /// Brings the whole zip into `tmp`, resuming with `Range` after a cut.
+    /// Brings the whole zip into `tmp`, resuming with `Range` after a cut,
+    /// or from the staged file an earlier process left (`resume`).
     async fn transfer(
         &self,
         artifact: u64,
         tmp: &Path,
-        mut location: Uri,
+        origin: &Origin,
         facts: &Facts,
-        relocate: &Relocate,
         tx: &watch::Sender<FillState>,
+        resume: Option<Staged>,
     ) -> Result<BlobRecord, FillError> {
-        let mut file = crate::private::create_file_async(tmp)
-            .await
-            .map_err(FillError::io("create", tmp))?;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
         let mut total = facts.size;
         let mut name = facts.name.clone();
+        let mut expected_sha = facts.sha256.clone();
+        // The staged prefix of an earlier process, until upstream's first
+        // answer confirms it (same size, validator, `Content-Range`): no
+        // reader is told of its bytes before that.
+        let mut unconfirmed: Option<StagedRecord> = None;
+        let (mut file, mut hasher, mut written) = match resume {
+            Some(s) => match reopen(&s).await {
+                Ok((file, hasher)) => {
+                    tracing::info!(artifact, bytes = s.len, "resuming a staged fill");
+                    name = name.or_else(|| s.record.name.clone());
+                    expected_sha = expected_sha.or_else(|| s.record.sha256.clone());
+                    let len = s.len;
+                    unconfirmed = Some(s.record);
+                    (file, hasher, len)
+                }
+                Err(e) => {
+                    tracing::warn!(artifact, error = %e, "staged fill unreadable; starting over");
+                    (create(tmp).await?, Sha256::new(), 0)
+                }
+            },
+            None => (create(tmp).await?, Sha256::new(), 0),
+        };
+        // Upstream's validator of the bytes in the staged file.
+        let mut validator = unconfirmed.as_ref().map(|r| r.validator.clone());
+        // A resumed answer's validator differed: the next request asks for
+        // the whole zip again.
+        let mut changed = false;
         let mut last_error = FillError::NoAnswer;
         // After a restart from byte 0 (a store that ignored `Range`): how
         // many bytes the earlier answers had written, and their digest.
@@ -313,8 +406,8 @@ impl BlobStore {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
-            let from = (written > 0).then_some(written);
-            let response = match self.fetcher.get(&location, from).await {
+            let from = (written > 0 && !changed).then_some(written);
+            let response = match self.fetcher.get(&origin.location(), from).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = FillError::Unreachable(e);
@@ -322,7 +415,23 @@ impl BlobStore {
                 }
             };
             match response.status() {
+                StatusCode::OK if unconfirmed.take().is_some() => {
+                    // The staged prefix is not confirmed: start over; no
+                    // client read it.
+                    tracing::info!(artifact, "range not honoured; staged prefix dropped");
+                    restart(&mut file, tmp).await?;
+                    (hasher, written) = (Sha256::new(), 0);
+                    let length = content_length(response.headers())
+                        .ok_or_else(|| FillError::BadAnswer("no Content-Length".into()))?;
+                    check_size(total, length)?;
+                    total = Some(length);
+                    validator = Some(
+                        self.record(tmp, artifact, response.headers(), length, facts, &name)
+                            .await,
+                    );
+                }
                 StatusCode::OK => {
+                    changed = false;
                     if written > 0 {
                         // The store ignored the range: start over, writing
                         // over the bytes in place rather than truncating, so
@@ -344,8 +453,37 @@ impl BlobStore {
                     if name.is_none() {
                         name = disposition_name(response.headers());
                     }
+                    validator = Some(
+                        self.record(tmp, artifact, response.headers(), length, facts, &name)
+                            .await,
+                    );
+                }
+                StatusCode::PARTIAL_CONTENT
+                    if validator
+                        .as_ref()
+                        .is_some_and(|v| *v != Validator::of(response.headers()))
+                        || unconfirmed.as_ref().is_some_and(|r| {
+                            content_range(response.headers()) != Some((written, r.size))
+                        }) =>
+                {
+                    // Other content than the bytes staged: a staged prefix
+                    // no client read is dropped; bytes clients may hold are
+                    // fetched again from the start and must repeat (the
+                    // 200 path checks them).
+                    tracing::info!(artifact, "blob changed upstream; starting over");
+                    last_error = FillError::BadAnswer("the blob changed upstream".into());
+                    if unconfirmed.take().is_some() {
+                        restart(&mut file, tmp).await?;
+                        (hasher, written, validator) = (Sha256::new(), 0, None);
+                    } else {
+                        changed = true;
+                    }
+                    continue;
                 }
                 StatusCode::PARTIAL_CONTENT => {
+                    if unconfirmed.take().is_some() {
+                        tracing::info!(artifact, from = written, "staged fill confirmed");
+                    }
                     let (start, length) = content_range(response.headers()).ok_or_else(|| {
                         FillError::BadAnswer("a 206 without a usable Content-Range".into())
                     })?;
@@ -363,9 +501,8 @@ impl BlobStore {
                 | StatusCode::NOT_FOUND
                 | StatusCode::GONE => {
                     last_error = FillError::UpstreamStatus(response.status());
-                    match relocate().await {
-                        Some(fresh) => location = fresh,
-                        None => return Err(FillError::NoFreshLocation(response.status())),
+                    if !origin.relocate().await {
+                        return Err(FillError::NoFreshLocation(response.status()));
                     }
                     continue;
                 }
@@ -376,8 +513,14 @@ impl BlobStore {
             }
             let size = total.unwrap_or(0);
             tx.send_modify(|s| {
-                if let FillState::Running { total, name: n, .. } = s {
+                if let FillState::Running {
+                    total,
+                    name: n,
+                    written: w,
+                } = s
+                {
                     *total = Some(size);
+                    *w = written;
                     n.clone_from(&name);
                 }
             });
@@ -433,7 +576,7 @@ impl BlobStore {
             if written == size {
                 file.sync_all().await.map_err(FillError::io("sync", tmp))?;
                 let sha256 = hex(&hasher.finalize());
-                if let Some(expected) = &facts.sha256 {
+                if let Some(expected) = &expected_sha {
                     if *expected != sha256 {
                         return Err(FillError::DigestMismatch {
                             expected: expected.clone(),
@@ -459,6 +602,37 @@ impl BlobStore {
             attempts: ATTEMPTS,
             last: Box::new(last_error),
         })
+    }
+
+    /// Writes the staged record beside `tmp` for upstream's answer (a
+    /// failure only costs resuming after a restart); returns its validator.
+    /// Awaited, so that the removal at the fill's end cannot overtake it.
+    async fn record(
+        &self,
+        tmp: &Path,
+        artifact: u64,
+        headers: &http::HeaderMap,
+        size: u64,
+        facts: &Facts,
+        name: &Option<String>,
+    ) -> Validator {
+        let validator = Validator::of(headers);
+        let record = StagedRecord {
+            artifact,
+            size,
+            sha256: facts.sha256.clone(),
+            name: name.clone(),
+            validator: validator.clone(),
+            boot: staged::boot_id(),
+            started: now_secs(),
+        };
+        let tmp = tmp.to_owned();
+        let written =
+            tokio::task::spawn_blocking(move || staged::write_record(&tmp, &record)).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::warn!(artifact, error = %e, "staged record not written");
+        }
+        validator
     }
 
     /// Commits a checked transfer to the backend, records it and applies
@@ -495,6 +669,54 @@ impl BlobStore {
     }
 }
 
+async fn create(tmp: &Path) -> Result<tokio::fs::File, FillError> {
+    crate::private::create_file_async(tmp)
+        .await
+        .map_err(FillError::io("create", tmp))
+}
+
+/// Empties a staged file whose prefix upstream did not confirm.
+async fn restart(file: &mut tokio::fs::File, tmp: &Path) -> Result<(), FillError> {
+    file.set_len(0)
+        .await
+        .map_err(FillError::io("truncate", tmp))?;
+    file.seek(SeekFrom::Start(0))
+        .await
+        .map_err(FillError::io("seek in", tmp))?;
+    Ok(())
+}
+
+/// Opens a staged file for appending and re-hashes its prefix, on the
+/// blocking pool.
+async fn reopen(s: &Staged) -> std::io::Result<(tokio::fs::File, Sha256)> {
+    let (part, len) = (s.part.clone(), s.len);
+    let (file, hasher) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.set_len(len)?;
+        file.seek(SeekFrom::Start(len))?;
+        Ok::<_, std::io::Error>((file, hasher))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok((tokio::fs::File::from_std(file), hasher))
+}
+
 fn check_size(expected: Option<u64>, got: u64) -> Result<(), FillError> {
     match expected {
         Some(expected) if expected != got => Err(FillError::SizeMismatch { expected, got }),
@@ -512,7 +734,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// `bytes a-b/total` → (a, total).
-fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
+pub(super) fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
     let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
     let (start, _) = range.split_once('-')?;

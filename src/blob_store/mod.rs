@@ -17,7 +17,9 @@
 mod backend;
 mod fill;
 pub(crate) mod local;
+mod relay;
 pub mod shared;
+mod staged;
 mod staging;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,6 +52,8 @@ pub struct Swept {
     pub facts: Vec<u64>,
     /// Grants of artifacts with no blob stored or being filled.
     pub grants: Vec<u64>,
+    /// Staged fills nobody resumed within [`staged::STAGED_TTL`].
+    pub staged: Vec<u64>,
 }
 
 impl Swept {
@@ -93,6 +97,8 @@ pub struct BlobStore {
     stored_bytes: AtomicU64,
     stored_blobs: AtomicU64,
     fills: Mutex<HashMap<u64, Arc<Fill>>>,
+    /// Staged fills an earlier process left, until a fill resumes them.
+    resumable: staged::Resumable,
     /// The last [`fill::RECENT_FILLS`] ended fills, newest last.
     recent: Mutex<VecDeque<FillView>>,
     metrics: Arc<Metrics>,
@@ -101,7 +107,8 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens the store under `data_dir`: empties `tmp/`, drops records
+    /// Opens the store under `data_dir`: keeps in `tmp/` only the staged
+    /// fills a download may resume (see [`staged`]), drops records
     /// whose file is gone, rebuilds records from sidecars and removes files
     /// that neither names (see [`local::repair`]). Blocking.
     pub fn open(
@@ -112,10 +119,8 @@ impl BlobStore {
         metrics: Arc<Metrics>,
     ) -> io::Result<BlobStore> {
         let tmp = data_dir.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
         crate::private::create_dir_all(&tmp)?;
+        let resumable = staged::Resumable::scan(&tmp)?;
         crate::private::create_dir_all(&data_dir.join("blobs").join("sha256"))?;
         let store = BlobStore {
             dir: data_dir.to_owned(),
@@ -129,6 +134,7 @@ impl BlobStore {
             stored_bytes: AtomicU64::new(0),
             stored_blobs: AtomicU64::new(0),
             fills: Mutex::new(HashMap::new()),
+            resumable,
             recent: Mutex::new(VecDeque::new()),
             metrics,
             shared: None,
@@ -230,7 +236,7 @@ impl BlobStore {
             let kept = match &*fill.state.borrow() {
                 FillState::Failed(e) => return Some(Available::Failed(e.clone())),
                 FillState::Verified(_) => !fill.transient.load(Ordering::Relaxed),
-                FillState::Running { .. } => false,
+                FillState::Running { .. } | FillState::Unkept { .. } => false,
             };
             if !kept {
                 return Some(Available::Filling(fill.clone()));
@@ -361,6 +367,7 @@ impl BlobStore {
         self.sweep_expired(&mut swept);
         self.sweep_index(&mut swept);
         self.evict_over_quota(&mut swept);
+        swept.staged = self.resumable.sweep(staged::STAGED_TTL);
         swept
     }
 

@@ -16,6 +16,7 @@ use crate::body::BoxError;
 
 use super::backend::StoredBlob;
 use super::fill::{Fill, FillState};
+use super::relay::{relay, Origin};
 
 /// Bytes per frame sent to clients.
 const CHUNK: usize = 256 * 1024;
@@ -89,19 +90,26 @@ async fn pump(
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?
                 }
+                FillState::Unkept { size, .. } => {
+                    return match &fill.origin {
+                        Some(origin) => relay(origin, start, end, size, tx).await,
+                        None => Err("not kept, and no upstream to relay".into()),
+                    }
+                }
                 FillState::Failed(e) => return Err(e.to_string()),
                 FillState::Running { .. } => return Err("stored blob not found".into()),
             }
         }
     };
-    pump_file(file, Some(state), start, end, tx).await
+    pump_file(file, Some((state, fill.origin.as_deref())), start, end, tx).await
 }
 
 /// Sends `[start, end)` of `file`; with `state`, no further than the fill
-/// has written (and byte `end - 1` only once the fill is verified).
+/// has written (and byte `end - 1` only once the fill is verified); when
+/// the disk could not hold the fill, the rest comes from its `Origin`.
 async fn pump_file(
     file: Arc<dyn StoredBlob>,
-    mut state: Option<watch::Receiver<FillState>>,
+    mut state: Option<(watch::Receiver<FillState>, Option<&Origin>)>,
     start: u64,
     end: u64,
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
@@ -110,22 +118,30 @@ async fn pump_file(
     while pos < end {
         let available = match &mut state {
             None => end,
-            Some(rx) => loop {
-                let (written, ended) = match &*rx.borrow_and_update() {
-                    FillState::Running { written, .. } => (*written, None),
-                    FillState::Verified(record) => (record.size, Some(Ok(record.size))),
-                    FillState::Failed(e) => (0, Some(Err(e.to_string()))),
+            Some((rx, origin)) => loop {
+                let now = match &*rx.borrow_and_update() {
+                    FillState::Running { written, .. } => Now::Writing(*written),
+                    FillState::Verified(record) => Now::Whole(record.size),
+                    FillState::Unkept { size, .. } => Now::Relay(*size),
+                    FillState::Failed(e) => Now::Failed(e.to_string()),
                 };
                 // The last byte of this answer (not only of the zip: a
                 // range is an answer too) waits for the fill's verdict
                 // (size, digest): a client must never see bytes the fill
                 // goes on to reject end as complete.
-                let releasable = written.min(end.saturating_sub(1));
-                match ended {
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(size)) => break size,
-                    None if releasable > pos => break releasable,
-                    None => {
+                match now {
+                    Now::Failed(e) => return Err(e),
+                    Now::Relay(size) => {
+                        return match origin {
+                            Some(origin) => relay(origin, pos, end, size, tx).await,
+                            None => Err("not kept, and no upstream to relay".into()),
+                        }
+                    }
+                    Now::Whole(size) => break size,
+                    Now::Writing(written) if written.min(end.saturating_sub(1)) > pos => {
+                        break written.min(end.saturating_sub(1))
+                    }
+                    Now::Writing(_) => {
                         if rx.changed().await.is_err() {
                             return Err("the fill stopped".into());
                         }
@@ -144,6 +160,15 @@ async fn pump_file(
         }
     }
     Ok(())
+}
+
+/// Where a fill stands for a reader.
+enum Now {
+    Writing(u64),
+    Whole(u64),
+    /// The disk could not hold it: the rest comes from upstream.
+    Relay(u64),
+    Failed(String),
 }
 
 /// Opens a fill's staged file for reading, off the async threads.

@@ -130,6 +130,7 @@ pub struct Metrics {
     upstream_rejected: Counter,
     served_from_store: Counter,
     fetched_from_upstream: Counter,
+    not_kept: Counter,
     store_bytes: Gauge,
     store_blobs: Gauge,
     evictions: Family<ReasonLabel, Counter>,
@@ -179,6 +180,7 @@ impl Metrics {
             upstream_rejected: Counter::default(),
             served_from_store: Counter::default(),
             fetched_from_upstream: Counter::default(),
+            not_kept: Counter::default(),
             store_bytes: Gauge::default(),
             store_blobs: Gauge::default(),
             evictions: Family::default(),
@@ -241,6 +243,11 @@ impl Metrics {
             "Blob bytes fetched from the blob store",
             Unit::Bytes,
             m.fetched_from_upstream.clone(),
+        );
+        r.register(
+            "fills_not_kept",
+            "Zips streamed to their clients but not stored: over max_blob_bytes or the quota, or the disk full",
+            m.not_kept.clone(),
         );
         r.register_with_unit(
             "store",
@@ -342,6 +349,10 @@ impl Metrics {
 
     pub fn fetched_from_upstream(&self, bytes: u64) {
         self.fetched_from_upstream.inc_by(bytes);
+    }
+
+    pub fn not_kept(&self) {
+        self.not_kept.inc();
     }
 
     pub fn evicted(&self, reason: Eviction) {

@@ -186,6 +186,13 @@ impl Fetcher {
                 self.metrics.artifacts.inc();
                 self.metrics.bytes.inc_by(record.size);
             }
+            Some(FillState::Unkept { .. }) => {
+                tracing::warn!(
+                    artifact = artifact.id,
+                    "prefetch: the disk is full; not kept"
+                );
+                self.metrics.errors.inc();
+            }
             Some(FillState::Failed(e)) => {
                 tracing::warn!(artifact = artifact.id, error = %e, "prefetch fill failed");
                 self.metrics.errors.inc();

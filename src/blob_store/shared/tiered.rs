@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::clock::now_secs;
 use crate::index::Facts;
 
-use super::super::fill::Origin;
+use super::super::fill::FillSource;
 use super::super::{Available, BlobStore};
 
 impl BlobStore {
@@ -31,7 +31,7 @@ impl BlobStore {
                 None
             }
             Ok(Some(record)) => {
-                let (fill, _) = self.fill_from(artifact, facts, Origin::Shared(tier, record));
+                let (fill, _) = self.fill_from(artifact, facts, FillSource::Shared(tier, record));
                 Some(Available::Filling(fill))
             }
             Ok(None) => None,
