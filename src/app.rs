@@ -151,7 +151,10 @@ impl App {
     ) -> Result<Response<Body>, MirrorError> {
         match route {
             Route::Alive => Ok(health::alive()),
-            Route::Ready => Ok(health::ready(&self.data_dir, &self.index).await),
+            Route::Ready => {
+                let shared = self.downloads.blobs().shared_state();
+                Ok(health::ready(&self.data_dir, &self.index, shared).await)
+            }
             Route::Metrics => {
                 let format =
                     metrics::Format::negotiate(request.headers().get(http::header::ACCEPT));
@@ -194,10 +197,9 @@ impl App {
                 let response = Box::pin(self.upstream.forward(request, client)).await?;
                 if response.status() == http::StatusCode::NO_CONTENT {
                     self.json.purge_repo(repo);
-                    self.downloads
-                        .blobs()
-                        .remove(artifact_id, Eviction::Deleted)
-                        .await;
+                    let blobs = self.downloads.blobs();
+                    blobs.unshare(artifact_id);
+                    blobs.remove(artifact_id, Eviction::Deleted).await;
                 }
                 Ok(response)
             }

@@ -128,7 +128,11 @@ impl Downloads {
                     if confirmed {
                         self.access.allow(artifact, credential, now);
                     }
-                    let status = match self.blobs.lookup(artifact) {
+                    let status = match self
+                        .blobs
+                        .lookup_shared(artifact, self.facts(artifact))
+                        .await
+                    {
                         Some(Available::Stored(..)) => Some(CacheOutcome::Hit),
                         Some(Available::Filling(_)) => Some(CacheOutcome::Coalesced),
                         Some(Available::Failed(_)) | None => None,
@@ -168,7 +172,11 @@ impl Downloads {
                     })?;
                 self.refuse_if_expired(artifact).await?;
                 self.access.allow(artifact, credential, now);
-                let status = match self.blobs.lookup(artifact) {
+                let status = match self
+                    .blobs
+                    .lookup_shared(artifact, self.facts(artifact))
+                    .await
+                {
                     Some(Available::Stored(..)) => CacheOutcome::Hit,
                     Some(Available::Filling(_)) => CacheOutcome::Coalesced,
                     Some(Available::Failed(_)) | None => {
@@ -319,7 +327,11 @@ impl Downloads {
         // A URL handed out before the artifact expired gets the 410 the
         // download endpoint now gives, not a "never fetched" 404.
         self.refuse_if_expired(artifact).await?;
-        let (total, name, etag, modified, source, cache) = match self.blobs.lookup(artifact) {
+        let (total, name, etag, modified, source, cache) = match self
+            .blobs
+            .lookup_shared(artifact, self.facts(artifact))
+            .await
+        {
             Some(Available::Stored(record)) => {
                 // Opened now, so an eviction from here on cannot cut the
                 // answer short; a record whose file is gone is dropped.

@@ -1,5 +1,7 @@
 //! `/healthz` (the process answers) and `/readyz` (it can do its job: the
-//! data dir takes writes and the index is open).
+//! data dir takes writes and the index is open). The shared store is
+//! reported but does not decide readiness: without it downloads still work,
+//! from GHES and the local disk.
 
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
@@ -11,7 +13,11 @@ pub fn alive() -> Response<Body> {
     json(StatusCode::OK, json!({ "status": "ok" }))
 }
 
-pub async fn ready(data_dir: &std::path::Path, index: &Index) -> Response<Body> {
+pub async fn ready(
+    data_dir: &std::path::Path,
+    index: &Index,
+    shared_store: Option<&'static str>,
+) -> Response<Body> {
     let probe = data_dir.join(".ready-probe");
     let disk = async {
         // Private like every other file under the data dir.
@@ -33,6 +39,10 @@ pub async fn ready(data_dir: &std::path::Path, index: &Index) -> Response<Body> 
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
+    let mut checks = json!({ "data_dir": verdict(&disk), "index": verdict(&index_check) });
+    if let Some(state) = shared_store {
+        checks["shared_store"] = state.into();
+    }
     json(
         if ok {
             StatusCode::OK
@@ -41,7 +51,7 @@ pub async fn ready(data_dir: &std::path::Path, index: &Index) -> Response<Body> 
         },
         json!({
             "status": if ok { "ready" } else { "not ready" },
-            "checks": { "data_dir": verdict(&disk), "index": verdict(&index_check) },
+            "checks": checks,
         }),
     )
 }

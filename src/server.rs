@@ -73,6 +73,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("prefetch: {0}")]
     Prefetch(#[from] crate::prefetch::PrefetchSetupError),
+    #[error("shared_store: {0}")]
+    SharedStore(#[from] object_store::Error),
 }
 
 pub struct Server {
@@ -151,6 +153,15 @@ impl Server {
                 source,
             })?
         };
+        let mut blob_store = blob_store;
+        if let Some(shared) = &settings.shared_store {
+            let client = crate::blob_store::shared::client::connect(shared)?;
+            blob_store.share_with(crate::blob_store::shared::SharedTier::new(
+                client,
+                shared.prefix().clone(),
+                metrics.shared_store().clone(),
+            ));
+        }
         let blob_store = Arc::new(blob_store);
         let json = Arc::new(JsonCache::new(
             settings,

@@ -434,3 +434,274 @@ async fn nginx_sends_both_routes_of_an_artifact_to_one_replica() {
     assert_ne!(&now, first, "served by the dead replica?");
     assert_eq!(h.sim.counters().blob_gets, 9, "fetched again once");
 }
+
+/// A `moto_server` (an S3 imitation) on a free loopback port with one
+/// bucket, `mirror`, created; killed when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let port = free_port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server is installed (.ci/run: pip install 'moto[server]')");
+        let moto = Moto {
+            child: Child(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + common::TIMEOUT;
+        loop {
+            let put = common::request(
+                http::Method::PUT,
+                &format!("{}/mirror", moto.endpoint),
+                None,
+            );
+            let made = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                common::client().request(put),
+            )
+            .await;
+            if matches!(made, Ok(Ok(r)) if r.status() == StatusCode::OK) {
+                return moto;
+            }
+            assert!(std::time::Instant::now() < deadline, "moto never answered");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The `AWS_*` settings a mirror needs to reach it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// The bucket through object_store, as the mirror sees it.
+    fn bucket(&self) -> object_store::aws::AmazonS3 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = object_store::aws::AmazonS3Builder::new().with_bucket_name("mirror");
+        for (key, value) in self.env() {
+            builder = builder.with_config(key.to_lowercase().parse().expect("an AWS key"), value);
+        }
+        builder.build().expect("an S3 client")
+    }
+
+    /// Waits (bounded) until none of `keys` is in the bucket.
+    async fn until_gone(&self, keys: &[String]) {
+        use object_store::ObjectStoreExt;
+        let bucket = self.bucket();
+        let deadline = std::time::Instant::now() + common::TIMEOUT;
+        for key in keys {
+            let key = object_store::path::Path::from(key.as_str());
+            while bucket.head(&key).await.is_ok() {
+                assert!(std::time::Instant::now() < deadline, "{key} still there");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Waits (bounded) until the shared record of artifact `id` is there;
+    /// returns it and the shared blob it names.
+    async fn until_recorded(&self, id: u64) -> (serde_json::Value, Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let bucket = self.bucket();
+        let key = object_store::path::Path::from(format!("eu/artifacts/{id}"));
+        let deadline = std::time::Instant::now() + common::TIMEOUT;
+        loop {
+            if let Ok(got) = bucket.get(&key).await {
+                let record: serde_json::Value =
+                    serde_json::from_slice(&got.bytes().await.expect("record read")).expect("JSON");
+                let sha = record["sha256"].as_str().expect("a digest");
+                let blob = bucket
+                    .get(&format!("eu/blobs/sha256/{sha}").into())
+                    .await
+                    .expect("the blob the record names")
+                    .bytes()
+                    .await
+                    .expect("blob read");
+                return (record, blob.to_vec());
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} never shared");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One mirror process given the shared store, on its own empty data dir.
+async fn shared_replica(h: &Harness, secret: &Path, moto: &Moto, dir: &Path) -> (Child, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = common::mirror_command()
+        .args([
+            "serve",
+            "--upstream",
+            &h.sim.api_base(),
+            "--listen",
+            &listen,
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--secret-file")
+        .arg(secret)
+        .args(["--shared-store", "s3://mirror/eu"])
+        .envs(moto.env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("artifact-mirror starts");
+    let child = Child(child);
+    until_ready(&format!("http://{listen}/readyz")).await;
+    (child, listen)
+}
+
+/// Downloads through `lb` once it answers the download route again (a
+/// killed replica takes HAProxy's health checks a few seconds to notice).
+async fn download_when_routed(lb: &str, id: u64, zip: &[u8]) -> String {
+    let url = format!("http://{lb}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while get(&url, Some(READER_TOKEN)).await.status != StatusCode::FOUND {
+        assert!(std::time::Instant::now() < deadline, "{id} never routed");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    download_through(lb, id, zip).await
+}
+
+/// Three replicas sharing a bucket (real moto) behind the shipped HAProxy
+/// config: each zip leaves GHES once; with two replicas SIGKILLed, and on a
+/// fresh replica with an empty disk, the same downloads come from the
+/// shared store with no new GHES blob fetch (a blob URL signed elsewhere
+/// included); with the store stopped, downloads go on from GHES; an
+/// outsider still gets GHES's 404 through any replica.
+#[tokio::test]
+#[ignore = "needs moto_server: see .ci/run"]
+async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
+    use ghes_sim::fixtures::OUTSIDER_TOKEN;
+    let h = Harness::start().await;
+    let mut moto = Moto::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("secret");
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for dir in &dirs[..3] {
+        replicas.push(shared_replica(&h, &secret, &moto, dir.path()).await);
+    }
+    let lb = format!("127.0.0.1:{}", free_port());
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
+    let haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f", config])
+        .env("MIRROR_LISTEN", &lb)
+        .env("REPLICA_1", &replicas[0].1)
+        .env("REPLICA_2", &replicas[1].1)
+        .env("REPLICA_3", &replicas[2].1)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy is installed (.ci/run installs Debian's haproxy)");
+    let _haproxy = Child(haproxy);
+    until_ready(&format!("http://{lb}/readyz")).await;
+    let served = routes_each_artifact_to_one_replica(&h, &lb).await;
+    for (id, zip, _) in &served {
+        let (record, blob) = moto.until_recorded(*id).await;
+        assert_eq!(record["size"], zip.len() as u64, "{record}");
+        assert_eq!(&blob[..], &zip[..], "the shared blob is the zip");
+    }
+
+    // SIGKILL two replicas: the third serves every download from the bucket.
+    for (mut child, _) in replicas.drain(..2) {
+        child.0.kill().expect("kill a replica");
+        child.0.wait().expect("reap it");
+    }
+    for (id, zip, _) in &served {
+        download_when_routed(&lb, *id, zip).await;
+    }
+    assert_eq!(h.sim.counters().blob_gets, 8, "no new GHES blob fetch");
+
+    // A fresh replica on an empty disk: a blob URL another replica signed,
+    // and a download of its own, both from the bucket.
+    let (id, zip, _) = &served[0];
+    let signed = get(
+        &format!("http://{lb}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip"),
+        Some(READER_TOKEN),
+    )
+    .await;
+    let location = signed.header("location").expect("location").to_owned();
+    let (_fresh, fresh) = shared_replica(&h, &secret, &moto, dirs[3].path()).await;
+    let moved = get(&location.replace(&lb, &fresh), None).await;
+    assert_eq!(moved.status, StatusCode::OK, "{moved:?}");
+    assert_eq!(&moved.body[..], &zip[..]);
+    let (id2, zip2, _) = &served[1];
+    download_direct(&fresh, *id2, zip2).await;
+    assert_eq!(h.sim.counters().blob_gets, 8, "no new GHES blob fetch");
+    for mirror in [&lb, &fresh] {
+        let outsider = get(
+            &format!("http://{mirror}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip"),
+            Some(OUTSIDER_TOKEN),
+        )
+        .await;
+        assert_eq!(outsider.status, StatusCode::NOT_FOUND, "{outsider:?}");
+        assert!(!outsider.body.starts_with(b"PK"));
+    }
+
+    // DELETE through a replica: the record and the blob leave the bucket.
+    let (id4, _, _) = &served[3];
+    let (record, _) = moto.until_recorded(*id4).await;
+    let deleted = common::send(common::request(
+        http::Method::DELETE,
+        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id4}"),
+        Some(ghes_sim::fixtures::ADMIN_TOKEN),
+    ))
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    let sha = record["sha256"].as_str().expect("a digest");
+    moto.until_gone(&[
+        format!("eu/artifacts/{id4}"),
+        format!("eu/blobs/sha256/{sha}"),
+        format!("eu/refs/{sha}/{id4}"),
+    ])
+    .await;
+
+    // The store stops: a new artifact, and a known one on another empty
+    // replica, still download right, from GHES.
+    moto.child.0.kill().expect("stop moto");
+    moto.child.0.wait().expect("reap moto");
+    let (_other, other) = shared_replica(&h, &secret, &moto, dirs[4].path()).await;
+    let (new_id, new_zip) = new_artifact(&h, 100);
+    download_direct(&fresh, new_id, &new_zip).await;
+    let (id3, zip3, _) = &served[2];
+    download_direct(&other, *id3, zip3).await;
+    assert_eq!(h.sim.counters().blob_gets, 10, "both from GHES");
+    // Still ready (downloads work), the store reported degraded, and counted.
+    let ready = get(&format!("http://{fresh}/readyz"), None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
+    assert!(ready.json()["checks"]["shared_store"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("degraded")));
+    let metrics = get(&format!("http://{fresh}/metrics"), None).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    for series in [
+        "artifact_mirror_shared_store_hits_total 2",
+        "artifact_mirror_shared_store_degraded_total 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+}
+
+/// Downloads artifact `id` straight from one mirror: the redirect, then the
+/// blob URL it hands out, whose bytes must be the zip.
+async fn download_direct(mirror: &str, id: u64, zip: &[u8]) {
+    let url = format!("http://{mirror}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip");
+    let redirect = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(redirect.status, StatusCode::FOUND, "{redirect:?}");
+    let location = redirect.header("location").expect("location").to_owned();
+    let blob = get(&location, None).await;
+    assert_eq!(blob.status, StatusCode::OK, "{blob:?}");
+    assert_eq!(&blob.body[..], zip);
+}

@@ -104,9 +104,10 @@ pub struct Fill {
     /// Where the finished blob lands: a reader that finds the staged file
     /// renamed away opens it there.
     pub(super) backend: Arc<dyn Backend>,
-    /// Where its bytes come from; readers relay from it when the disk is
-    /// full.
-    pub(super) origin: Arc<Origin>,
+    /// Where its bytes come from upstream; readers relay from it when the
+    /// disk is full. `None` for a fill from the shared store, which fails
+    /// instead (the next download asks GHES).
+    pub(super) origin: Option<Arc<Origin>>,
     pub(super) state: watch::Receiver<FillState>,
     /// Clients streaming from this fill (a metric).
     pub(super) readers: AtomicU64,
@@ -152,6 +153,14 @@ impl Drop for Fill {
     }
 }
 
+/// Where a fill's bytes come from.
+pub(crate) enum FillSource {
+    /// The blob storage GHES redirected to.
+    Upstream(Arc<Origin>),
+    /// The shared store, which another replica filled from GHES.
+    Shared(Arc<super::shared::SharedTier>, super::shared::SharedRecord),
+}
+
 /// Asks the download endpoint again for a fresh `Location` when the signed
 /// one expired mid-fill (with the credential that started it, in memory).
 pub type Relocate =
@@ -166,6 +175,22 @@ impl BlobStore {
         location: Uri,
         facts: Facts,
         relocate: Relocate,
+    ) -> (Arc<Fill>, bool) {
+        let origin = Origin::new(
+            location,
+            relocate,
+            self.fetcher.clone(),
+            self.metrics.clone(),
+        );
+        self.fill_from(artifact, facts, FillSource::Upstream(Arc::new(origin)))
+    }
+
+    /// [`BlobStore::fill`] from either origin.
+    pub(super) fn fill_from(
+        self: &Arc<Self>,
+        artifact: u64,
+        facts: Facts,
+        source: FillSource,
     ) -> (Arc<Fill>, bool) {
         let mut fills = self.lock();
         if let Some(fill) = fills.get(&artifact) {
@@ -206,12 +231,10 @@ impl BlobStore {
             started_unix: now_secs(),
             tmp: tmp.clone(),
             backend: self.backend.clone(),
-            origin: Arc::new(Origin::new(
-                location,
-                relocate,
-                self.fetcher.clone(),
-                self.metrics.clone(),
-            )),
+            origin: match &source {
+                FillSource::Upstream(origin) => Some(origin.clone()),
+                FillSource::Shared(..) => None,
+            },
             state: rx,
             readers: AtomicU64::new(0),
             transient: AtomicBool::new(false),
@@ -221,9 +244,15 @@ impl BlobStore {
         let store = self.clone();
         let detached = fill.clone();
         tokio::spawn(async move {
-            let outcome = store
-                .transfer(artifact, &tmp, &detached.origin, &facts, &tx, resume)
-                .await;
+            let publish = matches!(source, FillSource::Upstream(_));
+            let outcome = match source {
+                FillSource::Upstream(origin) => {
+                    store
+                        .transfer(artifact, &tmp, &origin, &facts, &tx, resume)
+                        .await
+                }
+                FillSource::Shared(tier, record) => tier.transfer(&tmp, &record, &tx).await,
+            };
             // The transfer ended in this process: nothing to resume after a
             // restart (a crash before the commit loses the bytes, never
             // leaves a blob).
@@ -240,11 +269,18 @@ impl BlobStore {
                     store.metrics.not_kept();
                     Ok(record)
                 }
-                Ok(record) => store.keep(artifact, &tmp, record).await,
+                Ok(record) => {
+                    let kept = store.keep(artifact, &tmp, record).await;
+                    if let (Ok(record), true) = (&kept, publish) {
+                        store.publish(artifact, record);
+                    }
+                    kept
+                }
                 Err(e) => Err(e),
             };
             // A full disk (ENOSPC, a disk quota): its clients still get the
-            // zip, relayed from upstream, once the size is known.
+            // zip, relayed from upstream, once the size is known (a fill
+            // from the shared store has no upstream to relay: it fails).
             let unkept = match (&outcome, &*tx.borrow()) {
                 (
                     Err(e),
@@ -253,7 +289,7 @@ impl BlobStore {
                         name,
                         ..
                     },
-                ) if e.is_no_space() => Some((*size, name.clone())),
+                ) if e.is_no_space() && publish => Some((*size, name.clone())),
                 _ => None,
             };
             if let (Some((size, _)), Err(e)) = (&unkept, &outcome) {

@@ -18,6 +18,7 @@ mod backend;
 mod fill;
 pub(crate) mod local;
 mod relay;
+pub mod shared;
 mod staged;
 mod staging;
 
@@ -101,6 +102,8 @@ pub struct BlobStore {
     /// The last [`fill::RECENT_FILLS`] ended fills, newest last.
     recent: Mutex<VecDeque<FillView>>,
     metrics: Arc<Metrics>,
+    /// The bucket replicas share (see [`shared`]), when configured.
+    shared: Option<Arc<shared::SharedTier>>,
 }
 
 impl BlobStore {
@@ -134,6 +137,7 @@ impl BlobStore {
             resumable,
             recent: Mutex::new(VecDeque::new()),
             metrics,
+            shared: None,
         };
         // Files a record or a sidecar names are kept (missing records are
         // rebuilt from sidecars: a lost index must not empty the store).
@@ -151,6 +155,31 @@ impl BlobStore {
             .stored_blobs
             .store(report.stored_blobs, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Publishes every blob kept from now on to `tier`, and reads from it
+    /// on a local miss.
+    pub fn share_with(&mut self, tier: shared::SharedTier) {
+        self.shared = Some(Arc::new(tier));
+    }
+
+    /// After a verified blob was kept: uploads it to the shared store in
+    /// the background. A failure is logged and counted, never seen by a
+    /// client.
+    pub(crate) fn publish(self: &Arc<Self>, artifact: u64, record: &BlobRecord) {
+        let Some(tier) = self.shared.clone() else {
+            return;
+        };
+        let (store, record) = (self.clone(), record.clone());
+        tokio::spawn(async move {
+            let published = match store.open_blob(&record).await {
+                Ok(blob) => tier.publish(artifact, &record, blob).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = published {
+                tracing::warn!(artifact, error = %e, "blob not published to the shared store");
+            }
+        });
     }
 
     pub fn stored_bytes(&self) -> u64 {
@@ -259,6 +288,9 @@ impl BlobStore {
         if artifacts.is_empty() {
             return;
         }
+        for &artifact in &artifacts {
+            self.unshare(artifact);
+        }
         let store = self.clone();
         let removed = tokio::task::spawn_blocking(move || {
             for artifact in artifacts {
@@ -282,6 +314,9 @@ impl BlobStore {
 
     /// [`BlobStore::remove_now`] on the blocking pool.
     pub async fn remove(self: &Arc<Self>, artifact: u64, reason: Eviction) -> bool {
+        if reason == Eviction::Expired {
+            self.unshare(artifact);
+        }
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.remove_now(artifact, reason))
             .await

@@ -91,14 +91,17 @@ async fn pump(
                         .map_err(|e| e.to_string())?
                 }
                 FillState::Unkept { size, .. } => {
-                    return relay(&fill.origin, start, end, size, tx).await
+                    return match &fill.origin {
+                        Some(origin) => relay(origin, start, end, size, tx).await,
+                        None => Err("not kept, and no upstream to relay".into()),
+                    }
                 }
                 FillState::Failed(e) => return Err(e.to_string()),
                 FillState::Running { .. } => return Err("stored blob not found".into()),
             }
         }
     };
-    pump_file(file, Some((state, &fill.origin)), start, end, tx).await
+    pump_file(file, Some((state, fill.origin.as_deref())), start, end, tx).await
 }
 
 /// Sends `[start, end)` of `file`; with `state`, no further than the fill
@@ -106,7 +109,7 @@ async fn pump(
 /// the disk could not hold the fill, the rest comes from its `Origin`.
 async fn pump_file(
     file: Arc<dyn StoredBlob>,
-    mut state: Option<(watch::Receiver<FillState>, &Origin)>,
+    mut state: Option<(watch::Receiver<FillState>, Option<&Origin>)>,
     start: u64,
     end: u64,
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
@@ -128,7 +131,12 @@ async fn pump_file(
                 // goes on to reject end as complete.
                 match now {
                     Now::Failed(e) => return Err(e),
-                    Now::Relay(size) => return relay(origin, pos, end, size, tx).await,
+                    Now::Relay(size) => {
+                        return match origin {
+                            Some(origin) => relay(origin, pos, end, size, tx).await,
+                            None => Err("not kept, and no upstream to relay".into()),
+                        }
+                    }
                     Now::Whole(size) => break size,
                     Now::Writing(written) if written.min(end.saturating_sub(1)) > pos => {
                         break written.min(end.saturating_sub(1))

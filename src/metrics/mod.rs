@@ -6,6 +6,7 @@
 //! data: routes, cache outcomes, status classes and reasons only.
 
 pub(crate) mod prefetch;
+pub(crate) mod shared_store;
 
 use crate::clock::now_secs;
 use std::collections::VecDeque;
@@ -146,6 +147,7 @@ pub struct Metrics {
     history: Mutex<VecDeque<(u64, Totals)>>,
     /// Webhook deliveries, prefetched runs and bytes, the prefetch queue.
     prefetch: std::sync::Arc<prefetch::PrefetchMetrics>,
+    shared_store: std::sync::Arc<shared_store::SharedStoreMetrics>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -162,6 +164,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn prefetch(&self) -> &std::sync::Arc<prefetch::PrefetchMetrics> {
         &self.prefetch
+    }
+
+    pub fn shared_store(&self) -> &std::sync::Arc<shared_store::SharedStoreMetrics> {
+        &self.shared_store
     }
 
     pub fn new() -> Metrics {
@@ -189,8 +195,10 @@ impl Metrics {
             // The start, so the first minute's chart has a baseline.
             history: Mutex::new(VecDeque::from([(now_secs(), Totals::default())])),
             prefetch: std::sync::Arc::default(),
+            shared_store: std::sync::Arc::default(),
         };
         m.prefetch.register(&mut m.registry);
+        m.shared_store.register(&mut m.registry);
         let r = &mut m.registry;
         r.register(
             "requests",

@@ -1,0 +1,339 @@
+//! The shared tier: an S3-compatible bucket every replica reads and
+//! writes, so an artifact fetched from GHES by one replica can be served by
+//! any other (failover, a fresh replica on an empty disk).
+//!
+//! Layout under the configured prefix:
+//! - `blobs/sha256/<hex>`: the zip, content-addressed, written once
+//!   (whoever finds it present skips the upload: the bytes are the same);
+//! - `artifacts/<id>`: a small JSON [`SharedRecord`] naming the digest;
+//! - `refs/<hex>/<id>`: an empty marker per artifact naming the digest, so
+//!   removing one artifact finds whether another still needs the blob with
+//!   one list by prefix instead of reading every record.
+//!
+//! Nothing here fails a download: every error is returned to the caller,
+//! which logs it, counts it and goes on from the local disk or GHES.
+
+pub mod client;
+mod tiered;
+mod transfer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+
+use crate::index::BlobRecord;
+use crate::metrics::shared_store::{Direction, SharedStoreMetrics};
+
+use super::backend::StoredBlob;
+
+/// Bytes read from the local blob per multipart part.
+const PART: usize = 8 << 20;
+/// Parts in flight at once during an upload.
+const PARTS_IN_FLIGHT: usize = 2;
+/// A record read or a blob's first bytes: past this, the store is treated
+/// as down for this request and the caller asks GHES.
+const FIRST_BYTES: Duration = Duration::from_secs(5);
+/// After a failed call, local misses go straight to GHES for this long
+/// rather than each paying a timeout.
+const BACK_OFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("shared store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("shared store: no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("shared store: unreadable record: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("shared store: local blob unreadable: {0}")]
+    Local(#[from] std::io::Error),
+}
+
+/// What a replica needs to serve an artifact it never saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRecord {
+    pub sha256: String,
+    pub size: u64,
+    pub name: String,
+    /// Unix seconds, as GHES gave it.
+    pub expires_at: Option<u64>,
+}
+
+impl From<&BlobRecord> for SharedRecord {
+    fn from(r: &BlobRecord) -> Self {
+        SharedRecord {
+            sha256: r.sha256.clone(),
+            size: r.size,
+            name: r.name.clone(),
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+pub struct SharedTier {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    metrics: Arc<SharedStoreMetrics>,
+    /// Unix milliseconds until which the store is treated as down.
+    down_until: AtomicU64,
+}
+
+impl SharedTier {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        metrics: Arc<SharedStoreMetrics>,
+    ) -> SharedTier {
+        SharedTier {
+            store,
+            prefix,
+            metrics,
+            down_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to call the store now (not within [`BACK_OFF`] of a failure).
+    fn available(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) <= crate::clock::now_ms()
+    }
+
+    /// A call failed: counted as degraded; skipped for [`BACK_OFF`].
+    fn down(&self) {
+        self.metrics.degraded();
+        let until = crate::clock::now_ms() + BACK_OFF.as_millis() as u64;
+        self.down_until.store(until, Ordering::Relaxed);
+    }
+
+    fn key(&self, parts: &[&str]) -> Path {
+        parts
+            .iter()
+            .fold(self.prefix.clone(), |p, part| p.clone().join(*part))
+    }
+
+    fn blob_key(&self, sha256: &str) -> Path {
+        self.key(&["blobs", "sha256", sha256])
+    }
+
+    fn record_key(&self, artifact: u64) -> Path {
+        self.key(&["artifacts", &artifact.to_string()])
+    }
+
+    fn ref_key(&self, sha256: &str, artifact: u64) -> Path {
+        self.key(&["refs", sha256, &artifact.to_string()])
+    }
+
+    /// Uploads a verified local blob unless the store has its digest
+    /// already, then writes the artifact's record and reference. Counted
+    /// here; the caller only logs a failure.
+    pub(crate) async fn publish(
+        &self,
+        artifact: u64,
+        record: &BlobRecord,
+        blob: Arc<dyn StoredBlob>,
+    ) -> Result<(), SharedError> {
+        let started = Instant::now();
+        let outcome = self.publish_inner(artifact, record, blob).await;
+        self.metrics.observe(started.elapsed());
+        match &outcome {
+            Ok(Some(bytes)) => self.metrics.uploaded(*bytes),
+            Ok(None) => {}
+            Err(_) => self.metrics.upload_failed(),
+        }
+        outcome.map(|_| ())
+    }
+
+    /// Returns the bytes uploaded, `None` when the blob was there already.
+    async fn publish_inner(
+        &self,
+        artifact: u64,
+        record: &BlobRecord,
+        blob: Arc<dyn StoredBlob>,
+    ) -> Result<Option<u64>, SharedError> {
+        let key = self.blob_key(&record.sha256);
+        let uploaded = match self.store.head(&key).await {
+            Ok(meta) if meta.size == record.size => None,
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                let upload = self.store.put_multipart(&key).await?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+                let mut pos = 0u64;
+                while pos < record.size {
+                    writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                    let blob = blob.clone();
+                    let chunk = tokio::task::spawn_blocking(move || blob.read_at(pos, PART))
+                        .await
+                        .map_err(std::io::Error::other)??;
+                    if chunk.is_empty() {
+                        writer.abort().await?;
+                        return Err(SharedError::Local(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "blob shorter than its record",
+                        )));
+                    }
+                    pos += chunk.len() as u64;
+                    writer.put(chunk);
+                }
+                writer.finish().await?;
+                Some(record.size)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let json = serde_json::to_vec(&SharedRecord::from(record))?;
+        self.store
+            .put(&self.record_key(artifact), PutPayload::from(json))
+            .await?;
+        self.store
+            .put(&self.ref_key(&record.sha256, artifact), PutPayload::new())
+            .await?;
+        Ok(uploaded)
+    }
+
+    /// The artifact's record, `None` when the store has none.
+    pub async fn record(&self, artifact: u64) -> Result<Option<SharedRecord>, SharedError> {
+        let read = async {
+            match self.store.get(&self.record_key(artifact)).await {
+                Ok(got) => Ok(Some(got.bytes().await?)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let started = Instant::now();
+        let bytes = tokio::time::timeout(FIRST_BYTES, read).await;
+        self.metrics.observe_read(started.elapsed());
+        let bytes = bytes.map_err(|_| SharedError::Timeout(FIRST_BYTES))??;
+        match bytes {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => {
+                self.metrics.miss();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The blob's bytes as they arrive (counted); the caller checks size
+    /// and digest.
+    pub async fn open(
+        &self,
+        sha256: &str,
+    ) -> Result<impl futures_util::Stream<Item = Result<Bytes, SharedError>> + use<>, SharedError>
+    {
+        let started = Instant::now();
+        let got = tokio::time::timeout(FIRST_BYTES, self.store.get(&self.blob_key(sha256))).await;
+        self.metrics.observe_read(started.elapsed());
+        let got = got.map_err(|_| SharedError::Timeout(FIRST_BYTES))??;
+        self.metrics.hit();
+        let metrics = self.metrics.clone();
+        Ok(got.into_stream().map(move |chunk| {
+            let chunk = chunk?;
+            metrics.bytes(Direction::Down, chunk.len() as u64);
+            Ok(chunk)
+        }))
+    }
+
+    /// Drops the artifact's record and reference, and the blob when no
+    /// other artifact's reference names it.
+    pub async fn forget(&self, artifact: u64) -> Result<(), SharedError> {
+        let Some(record) = self.record(artifact).await? else {
+            return Ok(());
+        };
+        self.store.delete(&self.record_key(artifact)).await?;
+        let ref_key = self.ref_key(&record.sha256, artifact);
+        self.store.delete(&ref_key).await?;
+        let refs = self.key(&["refs", &record.sha256]);
+        let others: Vec<_> = self.store.list(Some(&refs)).take(1).try_collect().await?;
+        if others.is_empty() {
+            self.store.delete(&self.blob_key(&record.sha256)).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    struct InMemoryBlob(Bytes);
+
+    impl StoredBlob for InMemoryBlob {
+        fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
+            let start = (pos as usize).min(self.0.len());
+            let end = (start + len).min(self.0.len());
+            Ok(self.0.slice(start..end))
+        }
+    }
+
+    fn record(content: &[u8]) -> BlobRecord {
+        use sha2::Digest;
+        BlobRecord {
+            sha256: hex::encode(sha2::Sha256::digest(content)),
+            size: content.len() as u64,
+            name: "dist".into(),
+            expires_at: Some(4_000_000_000),
+            stored_at: 0,
+            repo: None,
+        }
+    }
+
+    async fn keys(store: &InMemory) -> Vec<String> {
+        let mut keys: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn one_blob_per_digest_under_the_prefix_gone_with_its_last_artifact() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::from("eu"), metrics);
+        let zip = Bytes::from(vec![7u8; 3 * PART / 2]);
+        let r = record(&zip);
+        for artifact in [1, 2] {
+            let blob = Arc::new(InMemoryBlob(zip.clone()));
+            tier.publish(artifact, &r, blob).await.unwrap();
+        }
+        let sha = &r.sha256;
+        assert_eq!(
+            keys(&store).await,
+            [
+                "eu/artifacts/1".to_owned(),
+                "eu/artifacts/2".to_owned(),
+                format!("eu/blobs/sha256/{sha}"),
+                format!("eu/refs/{sha}/1"),
+                format!("eu/refs/{sha}/2"),
+            ]
+        );
+        let shared = tier.record(2).await.unwrap().unwrap();
+        assert_eq!(shared, SharedRecord::from(&r));
+        let body: Vec<Bytes> = tier.open(sha).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(body.concat(), zip.to_vec());
+        assert_eq!(tier.record(3).await.unwrap(), None);
+
+        tier.forget(1).await.unwrap();
+        assert_eq!(keys(&store).await.len(), 3, "the blob stays for artifact 2");
+        tier.forget(2).await.unwrap();
+        assert!(keys(&store).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_blob_shorter_than_its_record_is_not_published() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let mut r = record(b"abc");
+        r.size = 10;
+        let blob = Arc::new(InMemoryBlob(Bytes::from_static(b"abc")));
+        assert!(tier.publish(1, &r, blob).await.is_err());
+        assert!(keys(&store).await.is_empty());
+    }
+}

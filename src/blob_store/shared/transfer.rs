@@ -1,0 +1,93 @@
+//! A fill's transfer from the shared store: the same staged file, watch
+//! channel and checks as one from GHES's blob storage (see `fill`), so
+//! readers stream while the bytes arrive and a wrong byte is never kept.
+
+use std::path::Path;
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use crate::clock::now_secs;
+use crate::credential::hex;
+use crate::error::FillError;
+use crate::index::BlobRecord;
+
+use super::super::fill::FillState;
+use super::{SharedRecord, SharedTier};
+
+impl SharedTier {
+    /// Brings the blob `record` names into `tmp`, checking its size and
+    /// digest against the record. One attempt: on failure the caller's
+    /// next download asks GHES.
+    pub(crate) async fn transfer(
+        &self,
+        tmp: &Path,
+        record: &SharedRecord,
+        tx: &watch::Sender<FillState>,
+    ) -> Result<BlobRecord, FillError> {
+        let mut file = crate::private::create_file_async(tmp)
+            .await
+            .map_err(FillError::io("create", tmp))?;
+        let mut body = self.open(&record.sha256).await.map_err(|e| {
+            self.down();
+            FillError::Unreachable(e.to_string())
+        })?;
+        tx.send_modify(|s| {
+            if let FillState::Running { total, name, .. } = s {
+                *total = Some(record.size);
+                *name = Some(record.name.clone());
+            }
+        });
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let data = chunk.map_err(|e| {
+                self.down();
+                FillError::Cut(e.to_string())
+            })?;
+            if written + data.len() as u64 > record.size {
+                return Err(FillError::BadAnswer(format!(
+                    "more than {} bytes",
+                    record.size
+                )));
+            }
+            file.write_all(&data)
+                .await
+                .map_err(FillError::io("write", tmp))?;
+            // Readers open the file themselves: the bytes must be in it
+            // before they are announced.
+            file.flush().await.map_err(FillError::io("write", tmp))?;
+            hasher.update(&data);
+            written += data.len() as u64;
+            tx.send_modify(|s| {
+                if let FillState::Running { written: w, .. } = s {
+                    *w = written;
+                }
+            });
+        }
+        if written != record.size {
+            return Err(FillError::SizeMismatch {
+                expected: record.size,
+                got: written,
+            });
+        }
+        file.sync_all().await.map_err(FillError::io("sync", tmp))?;
+        let sha256 = hex(&hasher.finalize());
+        if sha256 != record.sha256 {
+            return Err(FillError::DigestMismatch {
+                expected: record.sha256.clone(),
+                got: sha256,
+            });
+        }
+        Ok(BlobRecord {
+            sha256,
+            size: record.size,
+            name: record.name.clone(),
+            expires_at: record.expires_at,
+            stored_at: now_secs(),
+            repo: None,
+        })
+    }
+}
