@@ -4,7 +4,7 @@
 //! time, then 8 at once. Read the result as the ratio of the throughputs.
 //!
 //! The simulator serves the zip from memory, the mirror from a file in
-//! 256 KiB positional reads on the blocking pool, so the ratio is the price
+//! 128 KiB positional reads on the blocking pool, so the ratio is the price
 //! of the store's read path (page cache, chunking, the body wrappers). The 10 Gbit/s goal of the
 //! design needs a faster network than loopback on a shared 2-core machine
 //! to judge; this tells whether the mirror is the bottleneck.
