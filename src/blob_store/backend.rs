@@ -1,9 +1,9 @@
 //! Where verified zips live: the seam between the store's logic (lookup,
 //! quota, LRU, expiry, fills) and the storage itself. The local filesystem
-//! is one implementation; a shared object store is meant to be another.
+//! is the one implementation; the shared bucket (`shared/`) is a second
+//! tier that fills it, not another `Backend`.
 //!
-//! Every method blocks: the store calls them on the blocking pool only. A
-//! store whose client is async bridges with the runtime handle there.
+//! Every method blocks: the store calls them on the blocking pool only.
 
 use std::io;
 use std::path::Path;
