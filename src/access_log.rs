@@ -129,14 +129,15 @@ impl LoggedBody {
         if let Some(metrics) = &self.served {
             metrics.served_from_store(self.bytes);
         }
+        let direct = JSON_ACCESS.get();
+        // Filtered out (`log_level` above info): no line to build.
+        if direct.is_some() && !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
         let duration_ms = e.started.elapsed().as_micros() as f64 / 1000.0;
         let line = JsonLine::new(&e, self.bytes, outcome, duration_ms);
-        match JSON_ACCESS.get() {
-            Some(queue) => {
-                if tracing::enabled!(target: "access", tracing::Level::INFO) {
-                    write_json(queue.clone(), &line);
-                }
-            }
+        match direct {
+            Some(queue) => write_json(queue.clone(), &line),
             None => line.trace(),
         }
     }
