@@ -558,32 +558,11 @@ impl BlobStore {
                         replay = None;
                     }
                 }
-                file.write_all(&data)
-                    .await
-                    .map_err(FillError::io("write", tmp))?;
                 self.metrics.fetched_from_upstream(data.len() as u64);
-                // Readers open the file themselves: the bytes must be in it
-                // before they are announced.
-                file.flush().await.map_err(FillError::io("write", tmp))?;
-                hasher.update(&data);
-                written += data.len() as u64;
-                tx.send_modify(|s| {
-                    if let FillState::Running { written: w, .. } = s {
-                        *w = written;
-                    }
-                });
+                append(&mut file, &mut hasher, &mut written, &data, tmp, tx).await?;
             }
             if written == size {
-                file.sync_all().await.map_err(FillError::io("sync", tmp))?;
-                let sha256 = hex(&hasher.finalize());
-                if let Some(expected) = &expected_sha {
-                    if *expected != sha256 {
-                        return Err(FillError::DigestMismatch {
-                            expected: expected.clone(),
-                            got: sha256,
-                        });
-                    }
-                }
+                let sha256 = seal(&file, hasher, tmp, expected_sha.as_deref()).await?;
                 return Ok(BlobRecord {
                     sha256,
                     size,
@@ -669,7 +648,53 @@ impl BlobStore {
     }
 }
 
-async fn create(tmp: &Path) -> Result<tokio::fs::File, FillError> {
+/// Appends a chunk of the zip to its staged file, hashes it and only then
+/// announces it: readers open the file themselves, so the bytes must be in
+/// it first. Shared by both sources of a fill.
+pub(super) async fn append(
+    file: &mut tokio::fs::File,
+    hasher: &mut Sha256,
+    written: &mut u64,
+    data: &[u8],
+    tmp: &Path,
+    tx: &watch::Sender<FillState>,
+) -> Result<(), FillError> {
+    file.write_all(data)
+        .await
+        .map_err(FillError::io("write", tmp))?;
+    file.flush().await.map_err(FillError::io("write", tmp))?;
+    hasher.update(data);
+    *written += data.len() as u64;
+    let now = *written;
+    tx.send_modify(|s| {
+        if let FillState::Running { written: w, .. } = s {
+            *w = now;
+        }
+    });
+    Ok(())
+}
+
+/// The whole zip is staged: makes it durable and checks its digest against
+/// `expected` (when one is known) before anything may keep it. Returns the
+/// digest (hex).
+pub(super) async fn seal(
+    file: &tokio::fs::File,
+    hasher: Sha256,
+    tmp: &Path,
+    expected: Option<&str>,
+) -> Result<String, FillError> {
+    file.sync_all().await.map_err(FillError::io("sync", tmp))?;
+    let sha256 = hex(&hasher.finalize());
+    match expected {
+        Some(expected) if expected != sha256 => Err(FillError::DigestMismatch {
+            expected: expected.to_owned(),
+            got: sha256,
+        }),
+        _ => Ok(sha256),
+    }
+}
+
+pub(super) async fn create(tmp: &Path) -> Result<tokio::fs::File, FillError> {
     crate::private::create_file_async(tmp)
         .await
         .map_err(FillError::io("create", tmp))
@@ -717,7 +742,7 @@ async fn reopen(s: &Staged) -> std::io::Result<(tokio::fs::File, Sha256)> {
     Ok((tokio::fs::File::from_std(file), hasher))
 }
 
-fn check_size(expected: Option<u64>, got: u64) -> Result<(), FillError> {
+pub(super) fn check_size(expected: Option<u64>, got: u64) -> Result<(), FillError> {
     match expected {
         Some(expected) if expected != got => Err(FillError::SizeMismatch { expected, got }),
         _ => Ok(()),

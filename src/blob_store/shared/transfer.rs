@@ -6,15 +6,13 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::clock::now_secs;
-use crate::credential::hex;
 use crate::error::FillError;
 use crate::index::BlobRecord;
 
-use super::super::fill::FillState;
+use super::super::fill::{append, check_size, create, seal, FillState};
 use super::{SharedRecord, SharedTier};
 
 impl SharedTier {
@@ -27,9 +25,7 @@ impl SharedTier {
         record: &SharedRecord,
         tx: &watch::Sender<FillState>,
     ) -> Result<BlobRecord, FillError> {
-        let mut file = crate::private::create_file_async(tmp)
-            .await
-            .map_err(FillError::io("create", tmp))?;
+        let mut file = create(tmp).await?;
         let mut body = self.open(&record.sha256).await.map_err(|e| {
             self.down();
             FillError::Unreachable(e.to_string())
@@ -53,34 +49,10 @@ impl SharedTier {
                     record.size
                 )));
             }
-            file.write_all(&data)
-                .await
-                .map_err(FillError::io("write", tmp))?;
-            // Readers open the file themselves: the bytes must be in it
-            // before they are announced.
-            file.flush().await.map_err(FillError::io("write", tmp))?;
-            hasher.update(&data);
-            written += data.len() as u64;
-            tx.send_modify(|s| {
-                if let FillState::Running { written: w, .. } = s {
-                    *w = written;
-                }
-            });
+            append(&mut file, &mut hasher, &mut written, &data, tmp, tx).await?;
         }
-        if written != record.size {
-            return Err(FillError::SizeMismatch {
-                expected: record.size,
-                got: written,
-            });
-        }
-        file.sync_all().await.map_err(FillError::io("sync", tmp))?;
-        let sha256 = hex(&hasher.finalize());
-        if sha256 != record.sha256 {
-            return Err(FillError::DigestMismatch {
-                expected: record.sha256.clone(),
-                got: sha256,
-            });
-        }
+        check_size(Some(record.size), written)?;
+        let sha256 = seal(&file, hasher, tmp, Some(&record.sha256)).await?;
         Ok(BlobRecord {
             sha256,
             size: record.size,
