@@ -55,6 +55,16 @@ pub enum SharedError {
     Local(#[from] std::io::Error),
 }
 
+impl SharedError {
+    /// The object is not there: a miss, not a store that is down.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            SharedError::Store(object_store::Error::NotFound { .. })
+        )
+    }
+}
+
 /// What a replica needs to serve an artifact it never saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedRecord {
@@ -128,8 +138,8 @@ impl SharedTier {
         self.key(&["refs", sha256, &artifact.to_string()])
     }
 
-    /// Uploads a verified local blob unless the store has its digest
-    /// already, then writes the artifact's record and reference. Counted
+    /// Writes the artifact's reference, uploads a verified local blob
+    /// unless the store has its digest already, then writes the record. Counted
     /// here; the caller only logs a failure.
     pub(crate) async fn publish(
         &self,
@@ -150,6 +160,27 @@ impl SharedTier {
 
     /// Returns the bytes uploaded, `None` when the blob was there already.
     async fn publish_inner(
+        &self,
+        artifact: u64,
+        record: &BlobRecord,
+        blob: Arc<dyn StoredBlob>,
+    ) -> Result<Option<u64>, SharedError> {
+        // The reference first: a replica forgetting another artifact with
+        // the same digest meanwhile then sees this one and keeps the blob.
+        let ref_key = self.ref_key(&record.sha256, artifact);
+        self.store.put(&ref_key, PutPayload::new()).await?;
+        let published = self.upload_and_record(artifact, record, blob).await;
+        if published.is_err() {
+            // Best effort: a stray reference only keeps a blob for the
+            // bucket's lifecycle rule to sweep.
+            let _ = self.store.delete(&ref_key).await;
+        }
+        published
+    }
+
+    /// [`publish_inner`](Self::publish_inner) once the reference is
+    /// written.
+    async fn upload_and_record(
         &self,
         artifact: u64,
         record: &BlobRecord,
@@ -186,9 +217,6 @@ impl SharedTier {
         let json = serde_json::to_vec(&SharedRecord::from(record))?;
         self.store
             .put(&self.record_key(artifact), PutPayload::from(json))
-            .await?;
-        self.store
-            .put(&self.ref_key(&record.sha256, artifact), PutPayload::new())
             .await?;
         Ok(uploaded)
     }

@@ -27,7 +27,12 @@ impl SharedTier {
     ) -> Result<BlobRecord, FillError> {
         let mut file = create(tmp).await?;
         let mut body = self.open(&record.sha256).await.map_err(|e| {
-            self.down();
+            // A record whose blob is gone (the lifecycle rule, a removal
+            // racing an upload) is a miss: the next download asks GHES, and
+            // the store is not marked down for every other artifact.
+            if !e.is_not_found() {
+                self.down();
+            }
             FillError::Unreachable(e.to_string())
         })?;
         tx.send_modify(|s| {
