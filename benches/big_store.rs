@@ -99,11 +99,9 @@ fn child(phase: &str) {
         let t = Instant::now();
         let swept = server.app().housekeep();
         let pass = t.elapsed();
-        let expect = match phase {
-            "evict_100" => 100,
-            "evict_1000" => 1_000,
-            _ => 0,
-        };
+        let expect: usize = phase
+            .strip_prefix("evict_")
+            .map_or(0, |k| k.parse().expect("evict_K"));
         assert_eq!(swept.evicted.len(), expect, "{phase}: {swept:?}");
         println!(
             "big_store: {phase}: ready {ready:?} (rss_anon {rss_ready} KiB), housekeeping pass \

@@ -412,10 +412,7 @@ impl BlobStore {
     /// moment: the cost is one API call, never a wrong answer.
     fn sweep_index(&self, swept: &mut Swept) {
         let now = now_secs();
-        let expired = self
-            .index
-            .facts()
-            .remove_where(|f| f.expires_at.is_some_and(|t| t <= now));
+        let expired = self.index.facts().remove_expired(now);
         match expired {
             Ok(ids) => {
                 for &id in &ids {

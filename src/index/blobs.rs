@@ -1,12 +1,13 @@
 //! Blob records: `blobs` (artifact → the stored zip's record),
-//! `blob_access` (artifact → last use) and `blob_lru` (last use ++
-//! artifact, oldest first). The three change together, in one transaction.
+//! `blob_access` (artifact → last use), `blob_lru` (last use ++ artifact,
+//! oldest first) and `blob_expiry` (`expires_at` ++ artifact, soonest
+//! first). They change together, in one transaction.
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
-use super::stamp::{lru_key, split_stamp, u64_key};
+use super::stamp::{expired_ids, expiry_key, lru_key, split_stamp, u64_key};
 use super::IndexError;
 
 /// A stored zip.
@@ -30,6 +31,13 @@ pub struct BlobTable {
     pub(super) records: sled::Tree,
     pub(super) access: sled::Tree,
     pub(super) lru: sled::Tree,
+    pub(super) expiry: sled::Tree,
+}
+
+/// The expiry line of an encoded record, if it has an `expires_at`.
+fn expiry_of(id: u64, encoded: &[u8]) -> Option<[u8; 16]> {
+    let record: BlobRecord = serde_json::from_slice(encoded).ok()?;
+    Some(expiry_key(record.expires_at?, id))
 }
 
 type Tx = ConflictableTransactionError<()>;
@@ -58,18 +66,10 @@ impl BlobTable {
     }
 
     /// The artifacts whose record says they expired by `now` (Unix
-    /// seconds), one record in memory at a time: housekeeping runs this
-    /// over every record, and holding them all cost tens of MB per pass.
+    /// seconds): one range of the expiry lines, not every record (a pass
+    /// over 100 000 records cost housekeeping tens of MB each time).
     pub fn expired(&self, now: u64) -> Result<Vec<u64>, IndexError> {
-        let mut out = Vec::new();
-        for item in self.records.iter() {
-            let (k, v) = item?;
-            let record: Decoded<BlobRecord> = serde_json::from_slice(&v).map_err(Into::into);
-            if record.is_ok_and(|r| r.expires_at.is_some_and(|t| t <= now)) {
-                out.push(u64_key(&k));
-            }
-        }
-        Ok(out)
+        Ok(expired_ids(&self.expiry, now)?)
     }
 
     /// Writes a blob record and marks it used at `used_ms`. Flushed before
@@ -92,8 +92,17 @@ impl BlobTable {
     ) -> Result<(), IndexError> {
         let encoded = serde_json::to_vec(record)?;
         let id = artifact.to_be_bytes();
-        (&self.records, &self.access, &self.lru).transaction(|(records, access, lru)| {
-            records.insert(&id, encoded.as_slice())?;
+        let line = record.expires_at.map(|t| expiry_key(t, artifact));
+        let trees = (&self.records, &self.access, &self.lru, &self.expiry);
+        trees.transaction(|(records, access, lru, expiry)| {
+            if let Some(old) = records.insert(&id, encoded.as_slice())? {
+                if let Some(old_line) = expiry_of(artifact, &old) {
+                    expiry.remove(&old_line)?;
+                }
+            }
+            if let Some(line) = line {
+                expiry.insert(&line, &[])?;
+            }
             if let Some(old) = access.insert(&id, &used_ms.to_be_bytes())? {
                 lru.remove(lru_key(split_stamp(&old).0, &id))?;
             }
@@ -118,14 +127,31 @@ impl BlobTable {
     /// Drops the record; returns it when there was a readable one.
     pub fn remove(&self, artifact: u64) -> Result<Option<BlobRecord>, IndexError> {
         let id = artifact.to_be_bytes();
-        let old =
-            (&self.records, &self.access, &self.lru).transaction(|(records, access, lru)| {
-                if let Some(old) = access.remove(&id)? {
-                    lru.remove(lru_key(split_stamp(&old).0, &id))?;
-                }
-                Ok::<_, Tx>(records.remove(&id)?)
-            })?;
+        let trees = (&self.records, &self.access, &self.lru, &self.expiry);
+        let old = trees.transaction(|(records, access, lru, expiry)| {
+            if let Some(old) = access.remove(&id)? {
+                lru.remove(lru_key(split_stamp(&old).0, &id))?;
+            }
+            let old = records.remove(&id)?;
+            if let Some(line) = old.as_deref().and_then(|v| expiry_of(artifact, v)) {
+                expiry.remove(&line)?;
+            }
+            Ok::<_, Tx>(old)
+        })?;
         Ok(old.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Writes the expiry line of every record: once, for records written
+    /// before the lines were kept.
+    pub(super) fn rebuild_expiry(&self) -> Result<(), IndexError> {
+        self.expiry.clear()?;
+        for item in self.records.iter() {
+            let (k, v) = item?;
+            if let Some(line) = expiry_of(u64_key(&k), &v) {
+                self.expiry.insert(line, &[])?;
+            }
+        }
+        Ok(())
     }
 
     /// The least recently used stored blob.

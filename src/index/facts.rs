@@ -1,9 +1,14 @@
 //! Facts: `artifact` → what any cached JSON said of it (name, size, digest,
-//! expiry), the same for every credential, so a cold fill needs no API call.
+//! expiry), the same for every credential, so a cold fill needs no API call;
+//! and `fact_expiry` (`expires_at` ++ artifact), changed with them in one
+//! transaction, so housekeeping reads only the expired.
 
 use serde::{Deserialize, Serialize};
 
-use super::stamp::u64_key;
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use super::stamp::{expired_ids, expiry_key, u64_key};
 use super::IndexError;
 
 /// What is known of an artifact from any cached JSON.
@@ -66,17 +71,43 @@ impl Facts {
 }
 
 #[derive(Clone)]
-pub struct FactTable(pub(super) sled::Tree);
+pub struct FactTable {
+    pub(super) facts: sled::Tree,
+    pub(super) expiry: sled::Tree,
+}
+
+type Tx = ConflictableTransactionError<()>;
+
+/// The expiry line of encoded facts, if they have an `expires_at`.
+fn expiry_of(id: u64, encoded: &[u8]) -> Option<[u8; 16]> {
+    let facts: Facts = serde_json::from_slice(encoded).ok()?;
+    Some(expiry_key(facts.expires_at?, id))
+}
 
 impl FactTable {
     pub fn put(&self, artifact: u64, facts: &Facts) -> Result<(), IndexError> {
-        self.0
-            .insert(artifact.to_be_bytes(), serde_json::to_vec(facts)?)?;
+        let encoded = serde_json::to_vec(facts)?;
+        let line = facts.expires_at.map(|t| expiry_key(t, artifact));
+        let id = artifact.to_be_bytes();
+        (&self.facts, &self.expiry).transaction(|(tree, expiry)| {
+            if let Some(old) = tree.insert(&id, encoded.as_slice())? {
+                match expiry_of(artifact, &old) {
+                    Some(old_line) if Some(old_line) != line => {
+                        expiry.remove(&old_line)?;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(line) = line {
+                expiry.insert(&line, &[])?;
+            }
+            Ok::<_, Tx>(())
+        })?;
         Ok(())
     }
 
     pub fn get(&self, artifact: u64) -> Result<Option<Facts>, IndexError> {
-        match self.0.get(artifact.to_be_bytes())? {
+        match self.facts.get(artifact.to_be_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -86,7 +117,7 @@ impl FactTable {
     /// name the repository they were learned from).
     pub fn all(&self) -> Result<Vec<(u64, Facts)>, IndexError> {
         let mut out = Vec::new();
-        for item in self.0.iter() {
+        for item in self.facts.iter() {
             let (k, v) = item?;
             if let Ok(facts) = serde_json::from_slice(&v) {
                 out.push((u64_key(&k), facts));
@@ -97,24 +128,38 @@ impl FactTable {
 
     /// Returns whether there were facts to drop.
     pub fn remove(&self, artifact: u64) -> Result<bool, IndexError> {
-        Ok(self.0.remove(artifact.to_be_bytes())?.is_some())
+        let id = artifact.to_be_bytes();
+        let old = (&self.facts, &self.expiry).transaction(|(tree, expiry)| {
+            let old = tree.remove(&id)?;
+            if let Some(line) = old.as_deref().and_then(|v| expiry_of(artifact, v)) {
+                expiry.remove(&line)?;
+            }
+            Ok::<_, Tx>(old)
+        })?;
+        Ok(old.is_some())
     }
 
-    /// Drops the facts `stale` picks (unreadable ones are kept), one record
-    /// in memory at a time; returns their artifacts.
-    pub fn remove_where(
-        &self,
-        mut stale: impl FnMut(&Facts) -> bool,
-    ) -> Result<Vec<u64>, IndexError> {
-        let mut removed = Vec::new();
-        for item in self.0.iter() {
+    /// Drops the facts whose `expires_at` is `now` (Unix seconds) or
+    /// before, reading only those; returns their artifacts.
+    pub fn remove_expired(&self, now: u64) -> Result<Vec<u64>, IndexError> {
+        let ids = expired_ids(&self.expiry, now)?;
+        for &id in &ids {
+            self.remove(id)?;
+        }
+        Ok(ids)
+    }
+
+    /// Writes the expiry line of every record: once, for facts written
+    /// before the lines were kept.
+    pub(super) fn rebuild_expiry(&self) -> Result<(), IndexError> {
+        self.expiry.clear()?;
+        for item in self.facts.iter() {
             let (k, v) = item?;
-            if serde_json::from_slice(&v).is_ok_and(|f| stale(&f)) {
-                self.0.remove(&k)?;
-                removed.push(u64_key(&k));
+            if let Some(line) = expiry_of(u64_key(&k), &v) {
+                self.expiry.insert(line, &[])?;
             }
         }
-        Ok(removed)
+        Ok(())
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Index {
     opened: Opened,
 }
 
+/// Present once the expiry lines of blob records and facts were drawn.
+const EXPIRY_LINES_KEY: &[u8] = b"instance/expiry-lines/v1";
+
 /// Key of the record that proves the index is readable and writable.
 const PROBE_KEY: &[u8] = b"instance/ready-probe";
 
@@ -75,7 +78,8 @@ impl Index {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| IndexOpenError::new(dir, e))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| IndexOpenError::new(dir, e));
+        let open_err = |e: sled::Error| IndexOpenError::new(dir, e);
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let json = JsonTable {
             meta: tree("json_meta")?,
             body: tree("json_body")?,
@@ -101,16 +105,30 @@ impl Index {
         let index = Index {
             json,
             grants: GrantTable(tree("grants")?),
-            facts: FactTable(tree("facts")?),
+            facts: FactTable {
+                facts: tree("facts")?,
+                expiry: tree("fact_expiry")?,
+            },
             blobs: BlobTable {
                 db: db.clone(),
                 records: tree("blobs")?,
                 access: tree("blob_access")?,
                 lru: tree("blob_lru")?,
+                expiry: tree("blob_expiry")?,
             },
             db,
             opened,
         };
+        if index.db.get(EXPIRY_LINES_KEY).map_err(open_err)?.is_none() {
+            // Written by a release that kept no expiry lines: drawn once.
+            let drawn = index
+                .blobs
+                .rebuild_expiry()
+                .and(index.facts.rebuild_expiry());
+            drawn.map_err(|e| IndexOpenError::new(dir, std::io::Error::other(e)))?;
+            index.db.insert(EXPIRY_LINES_KEY, &[]).map_err(open_err)?;
+            index.db.flush().map_err(open_err)?;
+        }
         if let Some(error) = crate::private::tighten(dir).first_error {
             tracing::warn!(%error, "index files left readable by others");
         }
@@ -176,7 +194,7 @@ impl Index {
             blob_records: self.blobs.records.len() as u64,
             blob_used: bounds(&self.blobs.lru)?,
             grants: self.grants.0.len() as u64,
-            facts: self.facts.0.len() as u64,
+            facts: self.facts.facts.len() as u64,
         })
     }
 
@@ -189,7 +207,7 @@ impl Index {
         let cleared = Cleared {
             json_entries: self.json.meta.len() as u64,
             grants: self.grants.0.len() as u64,
-            facts: self.facts.0.len() as u64,
+            facts: self.facts.facts.len() as u64,
             blob_records: self.blobs.records.len() as u64,
         };
         for tree in [
@@ -198,8 +216,10 @@ impl Index {
             &self.json.lru,
             &self.json.aliases,
             &self.grants.0,
-            &self.facts.0,
+            &self.facts.facts,
+            &self.facts.expiry,
             &self.blobs.records,
+            &self.blobs.expiry,
             &self.blobs.access,
             &self.blobs.lru,
         ] {
@@ -321,22 +341,53 @@ mod tests {
     }
 
     #[test]
-    fn facts_are_dropped_by_predicate_and_grants_listed_once_per_artifact() {
+    fn expired_facts_and_blobs_are_read_from_their_lines_and_grants_listed_once() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path(), 1 << 20).unwrap();
-        for (id, name) in [(3, "old"), (5, "new"), (9, "old")] {
-            let facts = Facts {
-                name: Some(name.into()),
-                ..Facts::default()
+        let expiring = |t: Option<u64>| Facts {
+            expires_at: t,
+            ..Facts::default()
+        };
+        for (id, t) in [(3, Some(100)), (5, Some(300)), (9, Some(100)), (7, None)] {
+            index.facts().put(id, &expiring(t)).unwrap();
+            let blob = BlobRecord {
+                expires_at: t,
+                ..record("x")
             };
-            index.facts().put(id, &facts).unwrap();
+            index.blobs().put(id, &blob, 1).unwrap();
         }
-        let removed = index
-            .facts()
-            .remove_where(|f| f.name.as_deref() == Some("old"));
-        assert_eq!(removed.unwrap(), [3, 9]);
-        assert_eq!(index.facts().all().unwrap().len(), 1);
-        assert!(index.facts().get(5).unwrap().is_some());
+        // Learned again with a later expiry: its old line goes.
+        index.facts().put(9, &expiring(Some(500))).unwrap();
+        let later = BlobRecord {
+            expires_at: Some(500),
+            ..record("x")
+        };
+        index.blobs().put(9, &later, 1).unwrap();
+        assert_eq!(index.blobs().expired(99).unwrap(), Vec::<u64>::new());
+        assert_eq!(index.blobs().expired(300).unwrap(), [3, 5]);
+        index.blobs().remove(3).unwrap();
+        assert_eq!(index.blobs().expired(u64::MAX).unwrap(), [5, 9]);
+        assert_eq!(index.facts().remove_expired(300).unwrap(), [3, 5]);
+        assert_eq!(
+            index.facts().remove_expired(300).unwrap(),
+            Vec::<u64>::new()
+        );
+        assert!(index.facts().remove(9).unwrap());
+        assert_eq!(
+            index.facts().remove_expired(u64::MAX).unwrap(),
+            Vec::<u64>::new()
+        );
+        assert_eq!(index.facts().all().unwrap().len(), 1, "7 never expires");
+
+        // An index from before the lines: they are drawn at open.
+        index.facts().put(11, &expiring(Some(50))).unwrap();
+        index.blobs.expiry.clear().unwrap();
+        index.facts.expiry.clear().unwrap();
+        index.db.remove(EXPIRY_LINES_KEY).unwrap();
+        drop(index);
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(index.blobs().expired(u64::MAX).unwrap(), [5, 9]);
+        assert_eq!(index.facts().remove_expired(60).unwrap(), [11]);
 
         for (id, cred) in [
             (300, CRED),
