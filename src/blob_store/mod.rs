@@ -21,6 +21,7 @@ mod relay;
 pub mod shared;
 mod staged;
 mod staging;
+mod transfer;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -23,7 +23,8 @@ use crate::body::BoxError;
 use crate::metrics::Metrics;
 use crate::upstream::BlobFetcher;
 
-use super::fill::{content_range, Relocate};
+use super::fill::Relocate;
+use super::transfer::content_range;
 
 /// Attempts per relayed answer (the first and the resumes after a cut).
 const ATTEMPTS: u32 = 5;

@@ -1,0 +1,386 @@
+//! The transfer of one fill from the blob storage upstream redirects to:
+//! resumed with `Range` after a cut (or from the staged file an earlier
+//! process left), relocated through the download endpoint when the signed
+//! URL expired, each answer checked against what was staged (size,
+//! validator, `Content-Range`) before a reader is told of its bytes.
+
+use std::io::SeekFrom;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use http::header;
+use http::StatusCode;
+use hyper::body::Body as HttpBody;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncSeekExt;
+use tokio::sync::watch;
+
+use crate::clock::now_secs;
+use crate::error::FillError;
+use crate::index::{BlobRecord, Facts};
+
+use super::fill::{append, check_size, create, seal, FillState};
+use super::relay::Origin;
+use super::staged::{self, Staged, StagedRecord, Validator};
+use super::BlobStore;
+
+/// Transfers attempted per fill (the first and the resumes).
+const ATTEMPTS: u32 = 5;
+
+impl BlobStore {
+    /// Brings the whole zip into `tmp`, resuming with `Range` after a cut,
+    /// or from the staged file an earlier process left (`resume`).
+    pub(super) async fn transfer(
+        &self,
+        artifact: u64,
+        tmp: &Path,
+        origin: &Origin,
+        facts: &Facts,
+        tx: &watch::Sender<FillState>,
+        resume: Option<Staged>,
+    ) -> Result<BlobRecord, FillError> {
+        let mut total = facts.size;
+        let mut name = facts.name.clone();
+        let mut expected_sha = facts.sha256.clone();
+        // The staged prefix of an earlier process, until upstream's first
+        // answer confirms it (same size, validator, `Content-Range`): no
+        // reader is told of its bytes before that.
+        let mut unconfirmed: Option<StagedRecord> = None;
+        let (mut file, mut hasher, mut written) = match resume {
+            Some(s) => match reopen(&s).await {
+                Ok((file, hasher)) => {
+                    tracing::info!(artifact, bytes = s.len, "resuming a staged fill");
+                    name = name.or_else(|| s.record.name.clone());
+                    expected_sha = expected_sha.or_else(|| s.record.sha256.clone());
+                    let len = s.len;
+                    unconfirmed = Some(s.record);
+                    (file, hasher, len)
+                }
+                Err(e) => {
+                    tracing::warn!(artifact, error = %e, "staged fill unreadable; starting over");
+                    (create(tmp).await?, Sha256::new(), 0)
+                }
+            },
+            None => (create(tmp).await?, Sha256::new(), 0),
+        };
+        // Upstream's validator of the bytes in the staged file.
+        let mut validator = unconfirmed.as_ref().map(|r| r.validator.clone());
+        // A resumed answer's validator differed: the next request asks for
+        // the whole zip again.
+        let mut changed = false;
+        let mut last_error = FillError::NoAnswer;
+        // After a restart from byte 0 (a store that ignored `Range`): how
+        // many bytes the earlier answers had written, and their digest.
+        // Clients may already hold those bytes, so the new answer must
+        // repeat them exactly (checked once it reaches that length).
+        let mut replay: Option<(u64, Vec<u8>)> = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            let from = (written > 0 && !changed).then_some(written);
+            let response = match self.fetcher.get(&origin.location(), from).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = FillError::Unreachable(e);
+                    continue;
+                }
+            };
+            match response.status() {
+                StatusCode::OK if unconfirmed.take().is_some() => {
+                    // The staged prefix is not confirmed: start over; no
+                    // client read it.
+                    tracing::info!(artifact, "range not honoured; staged prefix dropped");
+                    restart(&mut file, tmp).await?;
+                    (hasher, written) = (Sha256::new(), 0);
+                    let length = content_length(response.headers())
+                        .ok_or_else(|| FillError::BadAnswer("no Content-Length".into()))?;
+                    check_size(total, length)?;
+                    total = Some(length);
+                    validator = Some(
+                        self.record(tmp, artifact, response.headers(), length, facts, &name)
+                            .await,
+                    );
+                }
+                StatusCode::OK => {
+                    changed = false;
+                    if written > 0 {
+                        // The store ignored the range: start over, writing
+                        // over the bytes in place rather than truncating, so
+                        // clients reading them never find the file short.
+                        // An earlier restart's check covers more bytes.
+                        if replay.is_none() {
+                            replay = Some((written, hasher.clone().finalize().to_vec()));
+                        }
+                        file.seek(SeekFrom::Start(0))
+                            .await
+                            .map_err(FillError::io("seek in", tmp))?;
+                        hasher = Sha256::new();
+                        written = 0;
+                    }
+                    let length = content_length(response.headers())
+                        .ok_or_else(|| FillError::BadAnswer("no Content-Length".into()))?;
+                    check_size(total, length)?;
+                    total = Some(length);
+                    if name.is_none() {
+                        name = disposition_name(response.headers());
+                    }
+                    validator = Some(
+                        self.record(tmp, artifact, response.headers(), length, facts, &name)
+                            .await,
+                    );
+                }
+                StatusCode::PARTIAL_CONTENT
+                    if validator
+                        .as_ref()
+                        .is_some_and(|v| *v != Validator::of(response.headers()))
+                        || unconfirmed.as_ref().is_some_and(|r| {
+                            content_range(response.headers()) != Some((written, r.size))
+                        }) =>
+                {
+                    // Other content than the bytes staged: a staged prefix
+                    // no client read is dropped; bytes clients may hold are
+                    // fetched again from the start and must repeat (the
+                    // 200 path checks them).
+                    tracing::info!(artifact, "blob changed upstream; starting over");
+                    last_error = FillError::BadAnswer("the blob changed upstream".into());
+                    if unconfirmed.take().is_some() {
+                        restart(&mut file, tmp).await?;
+                        (hasher, written, validator) = (Sha256::new(), 0, None);
+                    } else {
+                        changed = true;
+                    }
+                    continue;
+                }
+                StatusCode::PARTIAL_CONTENT => {
+                    if unconfirmed.take().is_some() {
+                        tracing::info!(artifact, from = written, "staged fill confirmed");
+                    }
+                    let (start, length) = content_range(response.headers()).ok_or_else(|| {
+                        FillError::BadAnswer("a 206 without a usable Content-Range".into())
+                    })?;
+                    if start != written {
+                        return Err(FillError::BadAnswer(format!(
+                            "asked for bytes from {written}, got from {start}"
+                        )));
+                    }
+                    check_size(total, length)?;
+                    total = Some(length);
+                }
+                // An expired or refused signed URL: ask for a fresh one.
+                StatusCode::BAD_REQUEST
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+                | StatusCode::GONE => {
+                    last_error = FillError::UpstreamStatus(response.status());
+                    if !origin.relocate().await {
+                        return Err(FillError::NoFreshLocation(response.status()));
+                    }
+                    continue;
+                }
+                other => {
+                    last_error = FillError::UpstreamStatus(other);
+                    continue;
+                }
+            }
+            let size = total.unwrap_or(0);
+            tx.send_modify(|s| {
+                if let FillState::Running {
+                    total,
+                    name: n,
+                    written: w,
+                } = s
+                {
+                    *total = Some(size);
+                    *w = written;
+                    n.clone_from(&name);
+                }
+            });
+            let mut body = response.into_body();
+            let mut cut = None;
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                let data = match frame {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(_) => continue,
+                    },
+                    Err(e) => {
+                        cut = Some(e.to_string());
+                        break;
+                    }
+                };
+                if written + data.len() as u64 > size {
+                    return Err(FillError::BadAnswer(format!("more than {size} bytes")));
+                }
+                if let Some((upto, digest)) = &replay {
+                    if written + data.len() as u64 >= *upto {
+                        // `upto - written` is at most `data.len()` here.
+                        let head = usize::try_from(upto - written)
+                            .unwrap_or(data.len())
+                            .min(data.len());
+                        let mut prefix = hasher.clone();
+                        prefix.update(&data[..head]);
+                        if prefix.finalize().as_slice() != digest.as_slice() {
+                            return Err(FillError::BadAnswer(format!(
+                                "the restarted answer differs in its first {upto} bytes"
+                            )));
+                        }
+                        replay = None;
+                    }
+                }
+                self.metrics.fetched_from_upstream(data.len() as u64);
+                append(&mut file, &mut hasher, &mut written, &data, tmp, tx).await?;
+            }
+            if written == size {
+                let sha256 = seal(&file, hasher, tmp, expected_sha.as_deref()).await?;
+                return Ok(BlobRecord {
+                    sha256,
+                    size,
+                    name: name.unwrap_or_else(|| format!("artifact-{artifact}")),
+                    expires_at: facts.expires_at,
+                    stored_at: now_secs(),
+                    repo: facts.repo.clone(),
+                });
+            }
+            last_error = FillError::Cut(
+                cut.unwrap_or_else(|| format!("it ended after {written} of {size} bytes")),
+            );
+            tracing::info!(artifact, written, size, "blob transfer cut; resuming");
+        }
+        Err(FillError::GaveUp {
+            attempts: ATTEMPTS,
+            last: Box::new(last_error),
+        })
+    }
+
+    /// Writes the staged record beside `tmp` for upstream's answer (a
+    /// failure only costs resuming after a restart); returns its validator.
+    /// Awaited, so that the removal at the fill's end cannot overtake it.
+    async fn record(
+        &self,
+        tmp: &Path,
+        artifact: u64,
+        headers: &http::HeaderMap,
+        size: u64,
+        facts: &Facts,
+        name: &Option<String>,
+    ) -> Validator {
+        let validator = Validator::of(headers);
+        let record = StagedRecord {
+            artifact,
+            size,
+            sha256: facts.sha256.clone(),
+            name: name.clone(),
+            validator: validator.clone(),
+            boot: staged::boot_id(),
+            started: now_secs(),
+        };
+        let tmp = tmp.to_owned();
+        let written =
+            tokio::task::spawn_blocking(move || staged::write_record(&tmp, &record)).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::warn!(artifact, error = %e, "staged record not written");
+        }
+        validator
+    }
+}
+
+/// Empties a staged file whose prefix upstream did not confirm.
+async fn restart(file: &mut tokio::fs::File, tmp: &Path) -> Result<(), FillError> {
+    file.set_len(0)
+        .await
+        .map_err(FillError::io("truncate", tmp))?;
+    file.seek(SeekFrom::Start(0))
+        .await
+        .map_err(FillError::io("seek in", tmp))?;
+    Ok(())
+}
+
+/// Opens a staged file for appending and re-hashes its prefix, on the
+/// blocking pool.
+async fn reopen(s: &Staged) -> std::io::Result<(tokio::fs::File, Sha256)> {
+    let (part, len) = (s.part.clone(), s.len);
+    let (file, hasher) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.set_len(len)?;
+        file.seek(SeekFrom::Start(len))?;
+        Ok::<_, std::io::Error>((file, hasher))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok((tokio::fs::File::from_std(file), hasher))
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `bytes a-b/total` → (a, total).
+pub(super) fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
+    let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.parse().ok()?, total.parse().ok()?))
+}
+
+/// `attachment; filename="x.zip"; …` → `x`: the parameter's value only, up
+/// to its closing quote or, unquoted, the next `;`.
+fn disposition_name(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::CONTENT_DISPOSITION)?.to_str().ok()?;
+    let value = v.split("filename=").nth(1)?.trim_start();
+    let name = match value.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next()?,
+        None => value.split(';').next()?.trim(),
+    };
+    let name = name.strip_suffix(".zip").unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_and_disposition_headers_parse() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, "bytes 100-199/1000".parse().unwrap());
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"build.zip\"".parse().unwrap(),
+        );
+        assert_eq!(content_range(&h), Some((100, 1000)));
+        assert_eq!(disposition_name(&h).as_deref(), Some("build"));
+        for (header, name) in [
+            ("attachment; filename=build.zip; size=3", "build"),
+            ("attachment; filename=\"a;b.zip\"; size=3", "a;b"),
+            ("attachment;filename=\"c.zip\";creation-date=x", "c"),
+        ] {
+            h.insert(header::CONTENT_DISPOSITION, header.parse().unwrap());
+            assert_eq!(disposition_name(&h).as_deref(), Some(name), "{header}");
+        }
+    }
+}
