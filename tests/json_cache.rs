@@ -47,6 +47,9 @@ async fn always_mode_revalidates_every_request_for_free() {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(x_cache(&r), "REVALIDATED");
         assert_eq!(r.body, first.body);
+        // Both of upstream's `Vary` lines, not one per name.
+        assert_eq!(r.all("vary"), first.all("vary"));
+        assert_eq!(first.all("vary").len(), 2);
         // Rate-limit headers come from the 304s: nothing more was spent.
         assert_eq!(
             r.header("x-ratelimit-remaining").map(str::to_owned),
