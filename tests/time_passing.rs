@@ -258,3 +258,27 @@ async fn a_client_max_age_below_the_entry_age_revalidates() {
     assert_eq!(ask(5).await, "HIT");
     assert_eq!(h.sim.counters().list_repo, 2);
 }
+
+/// A revalidation that finds nothing changed writes to disk only when the
+/// disk lags `PERSIST_EVERY` (30 s) or more behind: after a restart the
+/// entry is as young as that last 304, not as its first 200.
+#[tokio::test]
+async fn a_revalidation_after_the_disk_lagged_survives_a_restart() {
+    let _turn = TURN.lock().await;
+    let mut h = Harness::start_with(when_stale).await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    assert_eq!(x_cache(&get(&url, Some(READER_TOKEN)).await), "MISS");
+    // Stale, and the disk's record is older than PERSIST_EVERY.
+    advance_clock(MAX_FRESH + Duration::from_secs(1));
+    assert_eq!(x_cache(&get(&url, Some(READER_TOKEN)).await), "REVALIDATED");
+
+    h.restart_mirror().await;
+    let after = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(
+        x_cache(&after),
+        "HIT",
+        "the disk kept the first 200's time, not the last 304's"
+    );
+    let c = h.sim.counters();
+    assert_eq!((c.list_repo, c.not_modified), (2, 1));
+}
