@@ -407,3 +407,53 @@ async fn unknown_query_parameters_are_forwarded_but_not_stored() {
         "{metrics}"
     );
 }
+
+/// A HEAD of a list is forwarded and stores nothing: its empty body must
+/// never become the entry a later GET is answered from.
+#[tokio::test]
+async fn a_head_request_is_forwarded_and_stores_nothing() {
+    let h = Harness::start().await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    let head = send(request(Method::HEAD, &url, Some(READER_TOKEN))).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(x_cache(&head), "BYPASS");
+    let list = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&list), "MISS");
+    assert_eq!(total_count(&list), 5);
+}
+
+/// Each path form teaches the mirror the other: a list seen only by name is
+/// purged by a DELETE under the repository's id, and one seen only by id by
+/// a DELETE under its name.
+#[tokio::test]
+async fn a_delete_under_either_form_purges_a_list_seen_under_the_other() {
+    let h = Harness::start_with(|l| l.revalidate = Some(Revalidate::WhenStale)).await;
+    for (listed, deleted_under) in [
+        (
+            format!("/repos/{PUBLIC_REPO}"),
+            format!("/repositories/{PUBLIC_REPO_ID}"),
+        ),
+        (
+            format!("/repositories/{PRIVATE_REPO_ID}"),
+            format!("/repos/{PRIVATE_REPO}"),
+        ),
+    ] {
+        let list = h.url(&format!("{listed}/actions/artifacts"));
+        let before = get(&list, Some(ADMIN_TOKEN)).await;
+        assert_eq!(x_cache(&before), "MISS");
+        assert_eq!(x_cache(&get(&list, Some(ADMIN_TOKEN)).await), "HIT");
+        let victim = before.json()["artifacts"][0]["id"]
+            .as_u64()
+            .expect("an artifact id");
+        let delete = h.url(&format!("{deleted_under}/actions/artifacts/{victim}"));
+        let deleted = send(request(Method::DELETE, &delete, Some(ADMIN_TOKEN))).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        let after = get(&list, Some(ADMIN_TOKEN)).await;
+        assert_eq!(
+            x_cache(&after),
+            "MISS",
+            "{listed} kept its entry after a DELETE under {deleted_under}"
+        );
+        assert_eq!(total_count(&after), total_count(&before) - 1);
+    }
+}
