@@ -457,3 +457,25 @@ async fn a_delete_under_either_form_purges_a_list_seen_under_the_other() {
         assert_eq!(total_count(&after), total_count(&before) - 1);
     }
 }
+
+/// A page of 100 artifacts (~70 KB of JSON, far above a few) is taken in
+/// whole and cached like a short one.
+#[tokio::test]
+async fn a_full_page_of_artifacts_is_cached_whole() {
+    let h = Harness::start().await;
+    let before = h.sim.artifacts(PUBLIC_REPO).len();
+    for i in before..100 {
+        h.sim
+            .add_artifact(new_artifact(PUBLIC_REPO, 7000, &format!("part-{i}")));
+    }
+    let url = h.url(&format!(
+        "/repos/{PUBLIC_REPO}/actions/artifacts?per_page=100"
+    ));
+    let page = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!((page.status, x_cache(&page)), (StatusCode::OK, "MISS"));
+    assert_eq!(page.json()["artifacts"].as_array().map(Vec::len), Some(100));
+    assert!(page.body.len() > 50_000, "{} bytes", page.body.len());
+    let again = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&again), "REVALIDATED");
+    assert_eq!(again.body, page.body);
+}
