@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::blob_store::local::repair::{self, RepairError};
-use crate::blob_store::{BlobStore, StoreLimits};
+use crate::blob_store::{BlobStore, Start, StoreLimits};
 use crate::clock::{millis, now_ms};
 use crate::config::{ConfigArgs, ConfigError, Layer, Settings};
 use crate::index::{Index, IndexOpenError};
@@ -158,6 +158,7 @@ fn execute(command: CacheCommand) -> Result<String, AdminError> {
             };
             let (index, store, reconciled) = open_store(&settings)?;
             let purged = purge::purge(&settings.data_dir, &index, &store, &selection)?;
+            store.seal()?;
             Ok(reconciled + &purge::render(&selection, &purged))
         }
         CacheCommand::Verify(args) => verify(&load(&args)?),
@@ -194,25 +195,13 @@ fn open_index(settings: &Settings) -> Result<Index, AdminError> {
     })
 }
 
-/// The index and the blob store as a starting server has them (tmp/
-/// emptied, records and files reconciled), with the quota from settings;
+/// The index and the blob store as a starting server has them (records
+/// and files reconciled unless the last stop was clean), with the quota
+/// from settings;
 /// and a line saying what reconciling changed, if anything (a server logs
 /// it; an operator should see it).
 fn open_store(settings: &Settings) -> Result<(Index, BlobStore, String), AdminError> {
     let index = open_index(settings)?;
-    let report = repair::reconcile(&settings.data_dir, &index, false)?;
-    let reconciled = if report.changed_anything() {
-        format!(
-            "reconciled first: {} records rebuilt, {} corrupt files removed, {} orphans removed, {} records without a file removed, {} sidecars written\n",
-            report.records_rebuilt,
-            report.corrupt.len(),
-            report.orphans_removed,
-            report.dangling_records,
-            report.sidecars_written + report.stray_sidecars,
-        )
-    } else {
-        String::new()
-    };
     // Offline: nothing scrapes these metrics.
     let metrics = Arc::new(Metrics::new());
     let fetcher = BlobFetcher::new(settings, metrics.clone())?;
@@ -221,8 +210,20 @@ fn open_store(settings: &Settings) -> Result<(Index, BlobStore, String), AdminEr
         max_blob: settings.max_blob_bytes,
         linger: settings.blob_url_ttl.0,
     };
-    let store = BlobStore::open(&settings.data_dir, index.clone(), fetcher, limits, metrics)
-        .map_err(AdminError::Store)?;
+    let (store, start) =
+        BlobStore::open(&settings.data_dir, index.clone(), fetcher, limits, metrics)
+            .map_err(AdminError::Store)?;
+    let reconciled = match start {
+        Start::Reconciled(report) if report.changed_anything() => format!(
+            "reconciled first: {} records rebuilt, {} corrupt files removed, {} orphans removed, {} records without a file removed, {} sidecars written\n",
+            report.records_rebuilt,
+            report.corrupt.len(),
+            report.orphans_removed,
+            report.dangling_records,
+            report.sidecars_written + report.stray_sidecars,
+        ),
+        Start::Reconciled(_) | Start::Trusted => String::new(),
+    };
     Ok((index, store, reconciled))
 }
 
@@ -266,7 +267,7 @@ fn gc(settings: &Settings) -> Result<String, AdminError> {
     let oldest = now_ms().saturating_sub(millis(settings.json_max_age.0));
     let json_before = index.json().bytes();
     let dropped = index.json().evict(settings.json_disk_bytes, oldest)?;
-    index.flush_now()?;
+    store.seal()?;
     let blobs = format!(
         "  blobs: {} expired and {} least recently used past the quota of {} bytes removed; \
          {} bytes stored (was {before})\n",

@@ -94,6 +94,12 @@ impl App {
         self.downloads.blobs().live().fills_in_flight
     }
 
+    /// See [`BlobStore::seal`](crate::blob_store::BlobStore::seal): only
+    /// once the runtime is gone.
+    pub fn seal(&self) -> Result<bool, crate::index::IndexError> {
+        self.downloads.blobs().seal()
+    }
+
     /// The store's periodic cleanup; blocking (it reads whole trees).
     pub fn housekeep(&self) -> Swept {
         self.downloads.blobs().housekeep()

@@ -1,8 +1,10 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 use artifact_mirror::admin::{self, CacheCommand, ServerFile};
+use artifact_mirror::app::App;
 use artifact_mirror::config::{ConfigArgs, Settings};
 use artifact_mirror::server::Server;
 
@@ -99,20 +101,39 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(serve(settings))
+            let (status, app) = runtime.block_on(serve(settings));
+            // Every task is dropped and every blocking call has returned:
+            // nothing can change the store any more, so it may vouch for
+            // itself to the next start.
+            drop(runtime);
+            if let Some(app) = app {
+                match app.seal() {
+                    Ok(true) => tracing::info!("store sealed: the next start trusts its index"),
+                    Ok(false) => {
+                        tracing::info!("a fill was cut: the next start reconciles the store")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store not sealed: the next start reconciles it")
+                    }
+                }
+            }
+            status
         }
     }
 }
 
-async fn serve(settings: Settings) -> ExitCode {
+/// Serves until a signal; returns the handler once stopped, so that the
+/// store can be sealed after the runtime is gone.
+async fn serve(settings: Settings) -> (ExitCode, Option<Arc<App>>) {
     let server = match Server::bind(&settings).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("artifact-mirror: {e}");
-            return ExitCode::FAILURE;
+            return (ExitCode::FAILURE, None);
         }
     };
+    let app = server.app();
     let bound = server.local_addr().unwrap_or(settings.listen);
     let addr = bound.to_string();
     // Names this process to admin commands stopped by the index lock.
@@ -144,7 +165,7 @@ async fn serve(settings: Settings) -> ExitCode {
         tracing::warn!(error = %e, "server.json not removed");
     }
     tracing::info!("stopped");
-    ExitCode::SUCCESS
+    (ExitCode::SUCCESS, Some(app))
 }
 
 /// Writes generated text to stdout; a closed pipe is an error, not a panic.

@@ -143,7 +143,7 @@ impl Server {
             };
             let metrics = metrics.clone();
             tokio::task::spawn_blocking(move || {
-                BlobStore::open(&dir, index, fetcher, limits, metrics)
+                BlobStore::open(&dir, index, fetcher, limits, metrics).map(|(store, _)| store)
             })
             .await
             .map_err(io::Error::other)

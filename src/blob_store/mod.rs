@@ -32,7 +32,7 @@ use std::time::Duration;
 use crate::access::Access;
 use crate::clock::{now_ms, now_secs};
 use crate::error::FillError;
-use crate::index::{BlobRecord, Index, IndexError};
+use crate::index::{BlobRecord, Index, IndexError, Opened};
 use crate::metrics::{Live, Metrics};
 use crate::outcome::Eviction;
 use crate::upstream::BlobFetcher;
@@ -60,6 +60,15 @@ impl Swept {
     pub fn is_empty(&self) -> bool {
         self == &Swept::default()
     }
+}
+
+/// How [`BlobStore::open`] found the files.
+#[derive(Debug)]
+pub enum Start {
+    /// After a clean stop: the index was trusted, nothing was read.
+    Trusted,
+    /// Files, sidecars and records were brought into agreement.
+    Reconciled(local::repair::Report),
 }
 
 /// What the store can serve for an artifact.
@@ -108,16 +117,17 @@ pub struct BlobStore {
 
 impl BlobStore {
     /// Opens the store under `data_dir`: keeps in `tmp/` only the staged
-    /// fills a download may resume (see [`staged`]), drops records
-    /// whose file is gone, rebuilds records from sidecars and removes files
-    /// that neither names (see [`local::repair`]). Blocking.
+    /// fills a download may resume (see [`staged`]); unless the last
+    /// process stopped cleanly, drops records whose file is gone, rebuilds
+    /// records from sidecars and removes files that neither names (see
+    /// [`local::repair`]). Blocking.
     pub fn open(
         data_dir: &Path,
         index: Index,
         fetcher: BlobFetcher,
         limits: StoreLimits,
         metrics: Arc<Metrics>,
-    ) -> io::Result<BlobStore> {
+    ) -> io::Result<(BlobStore, Start)> {
         let tmp = data_dir.join("tmp");
         crate::private::create_dir_all(&tmp)?;
         let resumable = staged::Resumable::scan(&tmp)?;
@@ -139,22 +149,44 @@ impl BlobStore {
             metrics,
             shared: None,
         };
-        // Files a record or a sidecar names are kept (missing records are
-        // rebuilt from sidecars: a lost index must not empty the store).
-        let report = store
-            .backend
-            .scan(&store.index, false)
-            .map_err(io::Error::other)?;
-        if report.changed_anything() {
-            tracing::info!(?report, "blob store reconciled with its index");
+        let (bytes, blobs, start) = match store.index.opened() {
+            // The last process stopped cleanly: its index agrees with the
+            // files (see `index::clean`), and it left the totals.
+            Opened::Clean(stop) => (stop.blob_bytes, stop.blobs, Start::Trusted),
+            // Otherwise files a record or a sidecar names are kept (missing
+            // records are rebuilt from sidecars: a lost index must not empty
+            // the store).
+            Opened::Unknown => {
+                let report = store
+                    .backend
+                    .scan(&store.index, false)
+                    .map_err(io::Error::other)?;
+                if report.changed_anything() {
+                    tracing::info!(?report, "blob store reconciled with its index");
+                }
+                let totals = (report.stored_bytes, report.stored_blobs);
+                (totals.0, totals.1, Start::Reconciled(report))
+            }
+        };
+        store.stored_bytes.store(bytes, Ordering::Relaxed);
+        store.stored_blobs.store(blobs, Ordering::Relaxed);
+        Ok((store, start))
+    }
+
+    /// A process's last act once nothing runs any more: vouches for the
+    /// store at the next start (which then skips the reconcile, see
+    /// `index::clean`), unless a fill was cut — its file may be committed
+    /// without a record, which only a reconcile finds. Returns whether it
+    /// sealed.
+    pub fn seal(&self) -> Result<bool, IndexError> {
+        if self.lock().values().any(|f| !f.state.borrow().ended()) {
+            return Ok(false);
         }
-        store
-            .stored_bytes
-            .store(report.stored_bytes, Ordering::Relaxed);
-        store
-            .stored_blobs
-            .store(report.stored_blobs, Ordering::Relaxed);
-        Ok(store)
+        self.index.seal(
+            self.stored_bytes(),
+            self.stored_blobs.load(Ordering::Relaxed),
+        )?;
+        Ok(true)
     }
 
     /// Publishes every blob kept from now on to `tier`, and reads from it
@@ -412,14 +444,14 @@ impl BlobStore {
     }
 
     fn sweep_expired(&self, swept: &mut Swept) {
-        if let Ok(records) = self.records() {
-            let now = now_secs();
-            for (id, r) in records {
-                if r.expires_at.is_some_and(|t| t <= now) {
+        match self.index.blobs().expired(now_secs()) {
+            Ok(ids) => {
+                for id in ids {
                     self.remove_now(id, Eviction::Expired);
                     swept.expired.push(id);
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "expired blobs not swept"),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 mod blobs;
+mod clean;
 mod error;
 mod facts;
 mod grants;
@@ -19,6 +20,7 @@ mod json;
 mod stamp;
 
 pub use blobs::{BlobRecord, BlobTable};
+pub use clean::{CleanStop, Opened};
 pub use error::{IndexError, IndexOpenError};
 pub use facts::{FactTable, Facts};
 pub use grants::GrantTable;
@@ -56,6 +58,8 @@ pub struct Index {
     grants: GrantTable,
     facts: FactTable,
     blobs: BlobTable,
+    /// Whether the last process stopped cleanly (read once, at open).
+    opened: Opened,
 }
 
 /// Key of the record that proves the index is readable and writable.
@@ -79,13 +83,20 @@ impl Index {
             aliases: tree("aliases")?,
             bytes: Arc::new(AtomicU64::new(0)),
         };
-        let mut total = 0u64;
-        for tree in [&json.meta, &json.body] {
-            for item in tree.iter() {
-                let (_, v) = item.map_err(|e| IndexOpenError::new(dir, e))?;
-                total += v.len() as u64;
+        let opened = clean::take(&db).map_err(|e| IndexOpenError::new(dir, e))?;
+        let total = match opened {
+            Opened::Clean(stop) => stop.json_bytes,
+            Opened::Unknown => {
+                let mut total = 0u64;
+                for tree in [&json.meta, &json.body] {
+                    for item in tree.iter() {
+                        let (_, v) = item.map_err(|e| IndexOpenError::new(dir, e))?;
+                        total += v.len() as u64;
+                    }
+                }
+                total
             }
-        }
+        };
         json.bytes.store(total, Ordering::Relaxed);
         let index = Index {
             json,
@@ -98,11 +109,32 @@ impl Index {
                 lru: tree("blob_lru")?,
             },
             db,
+            opened,
         };
         if let Some(error) = crate::private::tighten(dir).first_error {
             tracing::warn!(%error, "index files left readable by others");
         }
         Ok(index)
+    }
+
+    /// Whether the last process stopped cleanly, with what it counted.
+    pub fn opened(&self) -> Opened {
+        self.opened
+    }
+
+    /// Marks the index as agreeing with the store's files, with the store's
+    /// totals, and flushes: the next open then trusts both (see
+    /// [`clean`]). Only for a process's last act, once nothing else can
+    /// change the index or the files.
+    pub fn seal(&self, blob_bytes: u64, blobs: u64) -> Result<(), IndexError> {
+        let stop = CleanStop {
+            json_bytes: self.json.bytes(),
+            blob_bytes,
+            blobs,
+        };
+        self.db.insert(clean::KEY, serde_json::to_vec(&stop)?)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Cached JSON and repository aliases (the JSON cache's).
