@@ -116,6 +116,7 @@ fn main() -> ExitCode {
                         tracing::warn!(error = %e, "store not sealed: the next start reconciles it")
                     }
                 }
+                tracing::info!("stopped");
             }
             status
         }
@@ -164,7 +165,6 @@ async fn serve(settings: Settings) -> (ExitCode, Option<Arc<App>>) {
     if let Err(e) = ServerFile::remove_if_ours(&settings.data_dir) {
         tracing::warn!(error = %e, "server.json not removed");
     }
-    tracing::info!("stopped");
     (ExitCode::SUCCESS, Some(app))
 }
 

@@ -2,7 +2,8 @@
 //! are part way, and the next process resumes each staged file with
 //! `Range` from the bytes on disk, fetching again only what had not left
 //! upstream (plus a small margin), and starts over when upstream does not
-//! confirm the staged bytes.
+//! confirm the staged bytes. And a clean stop seals the store, so the next
+//! start trusts its index instead of reconciling it; a crash does not.
 
 mod common;
 
@@ -60,6 +61,23 @@ impl Mirror {
             "http://{}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}/zip",
             self.addr
         )
+    }
+
+    /// SIGTERM, and the exit it leads to.
+    fn terminate(mut self) -> Option<i32> {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM");
+        common::wait_bounded(&mut self.child, TIMEOUT).and_then(|s| s.code())
+    }
+
+    /// A gauge or counter of `/metrics`, as it reads now.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let reply = get(&format!("http://{}/metrics", self.addr), None).await;
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -223,4 +241,51 @@ async fn a_staged_fill_starts_over_when_upstream_does_not_confirm_it() {
         .collect();
     assert_eq!(ranges, [Some("bytes=500000-".to_owned())]);
     assert_eq!(sim.counters().blob_bytes, arts[0].size_in_bytes);
+}
+
+#[tokio::test]
+async fn a_clean_stop_is_trusted_at_the_next_start_and_a_crash_is_not() {
+    let (sim, arts) = sim_with(&[40_000]).await;
+    let id = arts[0].id;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mirror = Mirror::start(&sim, dir.path()).await;
+    let zip = download(&mirror, id).await;
+    let deadline = Instant::now() + TIMEOUT;
+    while mirror.metric("artifact_mirror_store_blobs").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the zip was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mirror.terminate(), Some(0));
+
+    // A file neither a record nor a sidecar names: a start that reconciles
+    // removes it; a start that trusts the seal never lists the files.
+    let orphan = dir.path().join("blobs/sha256/ff").join("f".repeat(64));
+    std::fs::create_dir_all(orphan.parent().expect("shard")).expect("shard");
+    std::fs::write(&orphan, b"nothing names me").expect("orphan");
+
+    let mirror = Mirror::start(&sim, dir.path()).await;
+    assert!(orphan.exists(), "after a clean stop the index was trusted");
+    // The totals came with the seal.
+    assert_eq!(
+        mirror.metric("artifact_mirror_store_blobs").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        mirror.metric("artifact_mirror_store_bytes").await,
+        Some(zip.len() as f64)
+    );
+    let gets = sim.blob_requests().len();
+    assert_eq!(download(&mirror, id).await, zip);
+    assert_eq!(sim.blob_requests().len(), gets, "served from the store");
+
+    // SIGKILL leaves no seal: the next start reconciles, orphan and all.
+    mirror.kill();
+    let mirror = Mirror::start(&sim, dir.path()).await;
+    assert!(!orphan.exists(), "after a crash the store was reconciled");
+    assert_eq!(
+        mirror.metric("artifact_mirror_store_blobs").await,
+        Some(1.0)
+    );
+    assert_eq!(download(&mirror, id).await, zip);
+    assert_eq!(sim.blob_requests().len(), gets, "still from the store");
 }

@@ -48,3 +48,61 @@ pub(super) fn take(db: &sled::Db) -> Result<Opened, sled::Error> {
     db.flush()?;
     Ok(serde_json::from_slice(&value).map_or(Opened::Unknown, Opened::Clean))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BlobRecord, Index};
+    use super::*;
+
+    #[test]
+    fn a_seal_vouches_for_one_open_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(index.opened(), Opened::Unknown, "a first start");
+        let meta = {
+            let request = http::Request::get("/").body(()).unwrap();
+            let response = http::Response::new(());
+            let policy = http_cache_semantics::CachePolicy::new(&request, &response);
+            super::super::JsonMeta {
+                headers: http::HeaderMap::new(),
+                policy,
+            }
+        };
+        index.json().put(b"k", 1, &meta, Some(b"body")).unwrap();
+        let record = BlobRecord {
+            sha256: "a".repeat(64),
+            size: 5,
+            name: "n".into(),
+            expires_at: None,
+            stored_at: 0,
+            repo: None,
+        };
+        index.blobs().put(1, &record, 1).unwrap();
+        let json_bytes = index.json().bytes();
+        index.seal(5, 1).unwrap();
+        drop(index);
+
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        let stop = CleanStop {
+            json_bytes,
+            blob_bytes: 5,
+            blobs: 1,
+        };
+        assert_eq!(index.opened(), Opened::Clean(stop));
+        assert_eq!(index.json().bytes(), json_bytes, "taken from the seal");
+        drop(index);
+        // Opened, the index may have changed: no seal is left for a crash.
+        let index = Index::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(index.opened(), Opened::Unknown);
+        assert_eq!(index.json().bytes(), json_bytes, "counted again");
+    }
+
+    #[test]
+    fn a_seal_that_does_not_decode_vouches_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(KEY, b"not json".as_slice()).unwrap();
+        assert_eq!(take(&db).unwrap(), Opened::Unknown);
+        assert_eq!(db.get(KEY).unwrap(), None, "removed all the same");
+    }
+}
