@@ -47,6 +47,9 @@ async fn always_mode_revalidates_every_request_for_free() {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(x_cache(&r), "REVALIDATED");
         assert_eq!(r.body, first.body);
+        // Both of upstream's `Vary` lines, not one per name.
+        assert_eq!(r.all("vary"), first.all("vary"));
+        assert_eq!(first.all("vary").len(), 2);
         // Rate-limit headers come from the 304s: nothing more was spent.
         assert_eq!(
             r.header("x-ratelimit-remaining").map(str::to_owned),
@@ -403,4 +406,76 @@ async fn unknown_query_parameters_are_forwarded_but_not_stored() {
         ),
         "{metrics}"
     );
+}
+
+/// A HEAD of a list is forwarded and stores nothing: its empty body must
+/// never become the entry a later GET is answered from.
+#[tokio::test]
+async fn a_head_request_is_forwarded_and_stores_nothing() {
+    let h = Harness::start().await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    let head = send(request(Method::HEAD, &url, Some(READER_TOKEN))).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(x_cache(&head), "BYPASS");
+    let list = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&list), "MISS");
+    assert_eq!(total_count(&list), 5);
+}
+
+/// Each path form teaches the mirror the other: a list seen only by name is
+/// purged by a DELETE under the repository's id, and one seen only by id by
+/// a DELETE under its name.
+#[tokio::test]
+async fn a_delete_under_either_form_purges_a_list_seen_under_the_other() {
+    let h = Harness::start_with(|l| l.revalidate = Some(Revalidate::WhenStale)).await;
+    for (listed, deleted_under) in [
+        (
+            format!("/repos/{PUBLIC_REPO}"),
+            format!("/repositories/{PUBLIC_REPO_ID}"),
+        ),
+        (
+            format!("/repositories/{PRIVATE_REPO_ID}"),
+            format!("/repos/{PRIVATE_REPO}"),
+        ),
+    ] {
+        let list = h.url(&format!("{listed}/actions/artifacts"));
+        let before = get(&list, Some(ADMIN_TOKEN)).await;
+        assert_eq!(x_cache(&before), "MISS");
+        assert_eq!(x_cache(&get(&list, Some(ADMIN_TOKEN)).await), "HIT");
+        let victim = before.json()["artifacts"][0]["id"]
+            .as_u64()
+            .expect("an artifact id");
+        let delete = h.url(&format!("{deleted_under}/actions/artifacts/{victim}"));
+        let deleted = send(request(Method::DELETE, &delete, Some(ADMIN_TOKEN))).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        let after = get(&list, Some(ADMIN_TOKEN)).await;
+        assert_eq!(
+            x_cache(&after),
+            "MISS",
+            "{listed} kept its entry after a DELETE under {deleted_under}"
+        );
+        assert_eq!(total_count(&after), total_count(&before) - 1);
+    }
+}
+
+/// A page of 100 artifacts (~70 KB of JSON, far above a few) is taken in
+/// whole and cached like a short one.
+#[tokio::test]
+async fn a_full_page_of_artifacts_is_cached_whole() {
+    let h = Harness::start().await;
+    let before = h.sim.artifacts(PUBLIC_REPO).len();
+    for i in before..100 {
+        h.sim
+            .add_artifact(new_artifact(PUBLIC_REPO, 7000, &format!("part-{i}")));
+    }
+    let url = h.url(&format!(
+        "/repos/{PUBLIC_REPO}/actions/artifacts?per_page=100"
+    ));
+    let page = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!((page.status, x_cache(&page)), (StatusCode::OK, "MISS"));
+    assert_eq!(page.json()["artifacts"].as_array().map(Vec::len), Some(100));
+    assert!(page.body.len() > 50_000, "{} bytes", page.body.len());
+    let again = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(x_cache(&again), "REVALIDATED");
+    assert_eq!(again.body, page.body);
 }

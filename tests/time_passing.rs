@@ -258,3 +258,123 @@ async fn a_client_max_age_below_the_entry_age_revalidates() {
     assert_eq!(ask(5).await, "HIT");
     assert_eq!(h.sim.counters().list_repo, 2);
 }
+
+/// A revalidation that finds nothing changed writes to disk only when the
+/// disk lags `PERSIST_EVERY` (30 s) or more behind: after a restart the
+/// entry is as young as that last 304, not as its first 200.
+#[tokio::test]
+async fn a_revalidation_after_the_disk_lagged_survives_a_restart() {
+    let _turn = TURN.lock().await;
+    let mut h = Harness::start_with(when_stale).await;
+    let url = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));
+    assert_eq!(x_cache(&get(&url, Some(READER_TOKEN)).await), "MISS");
+    // Stale, and the disk's record is older than PERSIST_EVERY.
+    advance_clock(MAX_FRESH + Duration::from_secs(1));
+    assert_eq!(x_cache(&get(&url, Some(READER_TOKEN)).await), "REVALIDATED");
+
+    h.restart_mirror().await;
+    let after = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(
+        x_cache(&after),
+        "HIT",
+        "the disk kept the first 200's time, not the last 304's"
+    );
+    let c = h.sim.counters();
+    assert_eq!((c.list_repo, c.not_modified), (2, 1));
+}
+
+/// Longer than the simulator's `max-age=60`: a renewal's JSON entry goes
+/// stale before the grant it renewed stops being young.
+const LONG_FRESH: Duration = Duration::from_secs(120);
+
+fn when_stale_long(l: &mut Layer) {
+    l.revalidate = Some(Revalidate::WhenStale);
+    l.max_fresh = Some(Span(LONG_FRESH));
+}
+
+/// A renewal upstream answered (200, then 304) makes the grant young again
+/// for `max_fresh`: the downloads within it ask upstream nothing, though
+/// the renewal's JSON entry is stale by then.
+#[tokio::test]
+async fn a_renewal_upstream_confirmed_makes_the_grant_young_again() {
+    let _turn = TURN.lock().await;
+    let h = Harness::start_with(when_stale_long).await;
+    let art = h
+        .sim
+        .add_artifact(artifact(PRIVATE_REPO, 9002, "renewed", 20_000));
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    let download = || async {
+        let before = h.sim.counters().api_requests;
+        let blob = zip_via_mirror(&h, &path, Some(READER_TOKEN))
+            .await
+            .expect("upstream allows the reader");
+        assert_eq!(blob.body, zip);
+        h.sim.counters().api_requests - before
+    };
+    assert_eq!(download().await, 1, "the download endpoint's 302");
+    h.until_stored(1).await;
+    // The first renewal's metadata is a 200, the second's a 304; each is
+    // followed, past the JSON's 60 s, by a download on the young grant.
+    for renewal in ["200", "304"] {
+        advance_clock(LONG_FRESH + Duration::from_secs(1));
+        assert_eq!(download().await, 1, "the renewal ({renewal}) asks upstream");
+        advance_clock(Duration::from_secs(61));
+        assert_eq!(
+            download().await,
+            0,
+            "the renewal's {renewal} did not make the grant young again"
+        );
+    }
+}
+
+/// A fresh cached answer standing in for upstream is no new "yes": the
+/// grant stays as old as upstream's last one, and once upstream says no
+/// (and the entry is stale) the download is refused.
+#[tokio::test]
+async fn a_fresh_cached_answer_does_not_make_a_grant_young_again() {
+    let _turn = TURN.lock().await;
+    let h = Harness::start_with(when_stale_long).await;
+    let art = h
+        .sim
+        .add_artifact(artifact(PRIVATE_REPO, 9003, "not-renewed", 20_000));
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    zip_via_mirror(&h, &path, Some(READER_TOKEN))
+        .await
+        .expect("upstream allows the reader");
+    h.until_stored(1).await;
+
+    // The metadata is cached (the key a renewal uses) while the grant is young.
+    advance_clock(Duration::from_secs(100));
+    let meta = h.url(&format!(
+        "/repos/{PRIVATE_REPO}/actions/artifacts/{}",
+        art.id
+    ));
+    let accept = [("accept", "application/vnd.github+json")];
+    assert_eq!(
+        x_cache(&get_with(&meta, Some(READER_TOKEN), &accept).await),
+        "MISS"
+    );
+    // Past max_fresh the grant is due, and the fresh entry renews it.
+    advance_clock(Duration::from_secs(25));
+    let asked = h.sim.counters().api_requests;
+    let renewed = zip_via_mirror(&h, &path, Some(READER_TOKEN))
+        .await
+        .expect("the fresh entry allows the reader");
+    assert_eq!(renewed.body, zip);
+    assert_eq!(h.sim.counters().api_requests, asked, "a fresh hit");
+
+    h.sim.knobs().revoke_private_access(READER_TOKEN);
+    // Within max_fresh of that hit, but the entry is stale: upstream decides.
+    advance_clock(Duration::from_secs(40));
+    match zip_via_mirror(&h, &path, Some(READER_TOKEN)).await {
+        Ok(blob) => panic!(
+            "a fresh cached answer renewed the grant: a revoked credential got \
+             {} bytes (status {})",
+            blob.body.len(),
+            blob.status
+        ),
+        Err(denied) => assert_eq!(denied.status, StatusCode::NOT_FOUND),
+    }
+}

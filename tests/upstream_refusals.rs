@@ -177,3 +177,32 @@ async fn a_failed_renewal_keeps_the_grant() {
         "renewed by a metadata GET, not the download endpoint"
     );
 }
+
+/// A renewal upstream refuses (404 for a credential that lost access) ends
+/// the grant: the next download goes to the download endpoint, as for a
+/// credential never granted, instead of renewing a grant that is no more.
+#[tokio::test]
+async fn a_denied_renewal_ends_the_grant() {
+    let h = Harness::start().await;
+    let art = artifact(&h, PRIVATE_REPO);
+    let zip = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    download(&h, &zip, READER_TOKEN)
+        .await
+        .expect("the reader may download");
+    h.until_stored(1).await;
+
+    h.sim.knobs().revoke_private_access(READER_TOKEN);
+    let denied = get(&h.url(&zip), Some(READER_TOKEN)).await;
+    assert_eq!(denied.status, StatusCode::NOT_FOUND);
+    let c = h.sim.counters();
+    assert_eq!((c.download, c.get), (1, 1), "denied by the renewal");
+
+    let again = get(&h.url(&zip), Some(READER_TOKEN)).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    let c = h.sim.counters();
+    assert_eq!(
+        (c.download, c.get),
+        (2, 1),
+        "the denied grant was renewed again instead of ended"
+    );
+}

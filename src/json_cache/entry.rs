@@ -183,6 +183,45 @@ pub(super) fn any_changed(a: &HeaderMap, b: &HeaderMap, names: &[HeaderName]) ->
         .any(|name| !a.get_all(name).iter().eq(b.get_all(name).iter()))
 }
 
+/// Headers a 304 must not change: they describe the stored body (as
+/// `http-cache-semantics` has them).
+const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// The headers of a revalidated entry with every value of each field.
+/// `http-cache-semantics` merges a 304 into the stored headers keeping one
+/// value per name: GitHub's two `Vary` lines became one, so the first 304
+/// after each 200 looked like a change (written to disk at once) and
+/// clients lost the second line. `merged` decides which names stay; each
+/// takes all its values from the 304 when it sent that name (RFC 9111
+/// §4.3.4), else from the stored entry.
+pub(super) fn every_value(
+    stored: &HeaderMap,
+    not_modified: &HeaderMap,
+    merged: HeaderMap,
+) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(merged.len());
+    for name in merged.keys() {
+        let source = if KEPT_ON_REVALIDATION.contains(name) {
+            &merged
+        } else if not_modified.contains_key(name) {
+            not_modified
+        } else if stored.contains_key(name) {
+            stored
+        } else {
+            &merged
+        };
+        for value in source.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
 /// A whole upstream (or mirror) answer kept so coalesced callers can share it.
 #[derive(Debug)]
 pub(super) struct Buffered {
@@ -239,6 +278,34 @@ pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revalidation_keeps_every_value_of_a_field() {
+        let map = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let stored = map(&[
+            ("vary", "a"),
+            ("vary", "b"),
+            ("link", "<1>"),
+            ("link", "<2>"),
+        ]);
+        let not_modified = map(&[("vary", "c"), ("vary", "d")]);
+        // As `http-cache-semantics` merges them: one value per name.
+        let merged = map(&[("vary", "c"), ("link", "<2>"), ("age", "0")]);
+        let headers = every_value(&stored, &not_modified, merged);
+        let all = |name: &str| headers.get_all(name).iter().collect::<Vec<_>>();
+        assert_eq!(all("vary"), ["c", "d"]);
+        assert_eq!(all("link"), ["<1>", "<2>"]);
+        assert_eq!(all("age"), ["0"]);
+    }
 
     #[test]
     fn etags_compare_weakly() {

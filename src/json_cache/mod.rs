@@ -36,7 +36,7 @@ use crate::rewrite::{PublicBase, Rewriter};
 use crate::router::{ArtifactRoute, RepoRef};
 use crate::upstream::{ClientInfo, Upstream};
 
-use entry::{any_changed, Buffered, Entry, Outcome, PERSISTED_ON_CHANGE};
+use entry::{any_changed, every_value, Buffered, Entry, Outcome, PERSISTED_ON_CHANGE};
 use key::{cacheable_query, policy_request, repo_prefix, Key};
 pub use key::{repo_id, repo_prefixes};
 use tiers::{Persist, Store};
@@ -416,7 +416,8 @@ impl JsonCache {
                 let (parts, _) = response.into_parts();
                 match entry.policy.after_response(policy_request, &parts, now) {
                     AfterResponse::NotModified(policy, merged) => {
-                        let mut headers = merged.headers;
+                        let mut headers =
+                            every_value(&entry.headers, &parts.headers, merged.headers);
                         headers.remove(header::AGE);
                         rewriter.link_headers(&mut headers);
                         // Memory always takes the new headers and time; the
