@@ -364,4 +364,31 @@ mod tests {
         assert!(tier.publish(1, &r, blob).await.is_err());
         assert!(keys(&store).await.is_empty());
     }
+
+    /// A record whose blob is gone (a lifecycle rule, a removal racing an
+    /// upload) is a miss for that artifact, not a store that is down for
+    /// every other one.
+    #[tokio::test]
+    async fn a_record_whose_blob_is_gone_is_a_miss_not_an_outage() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let zip = Bytes::from_static(b"zip bytes");
+        let r = record(&zip);
+        let blob = Arc::new(InMemoryBlob(zip.clone()));
+        tier.publish(1, &r, blob).await.unwrap();
+        store.delete(&tier.blob_key(&r.sha256)).await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("1.part");
+        let running = crate::blob_store::FillState::Running {
+            written: 0,
+            total: None,
+            name: None,
+        };
+        let (tx, _rx) = tokio::sync::watch::channel(running);
+        let shared = tier.record(1).await.unwrap().expect("the record stays");
+        assert!(tier.transfer(&tmp, &shared, &tx).await.is_err());
+        assert!(tier.available(), "not marked down");
+    }
 }
