@@ -231,25 +231,8 @@ impl Replicas {
         let mut addrs = Vec::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
-            let listen = format!("127.0.0.1:{}", free_port());
-            let child = common::mirror_command()
-                .args([
-                    "serve",
-                    "--upstream",
-                    &h.sim.api_base(),
-                    "--listen",
-                    &listen,
-                ])
-                .arg("--data-dir")
-                .arg(dir.path())
-                .arg("--secret-file")
-                .arg(&secret)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("artifact-mirror starts");
-            children.push(Child(child));
-            until_ready(&format!("http://{listen}/readyz")).await;
+            let (child, listen) = replica_process(h, &secret, dir.path(), None).await;
+            children.push(child);
             dirs.push(dir);
             addrs.push(listen);
         }
@@ -538,27 +521,34 @@ impl Moto {
 }
 
 /// One mirror process given the shared store, on its own empty data dir.
-async fn shared_replica(h: &Harness, secret: &Path, moto: &Moto, dir: &Path) -> (Child, String) {
+/// One mirror process on `dir` with the shared `secret`, and with the
+/// bucket `moto` serves when given; waits until it is ready.
+async fn replica_process(
+    h: &Harness,
+    secret: &Path,
+    dir: &Path,
+    moto: Option<&Moto>,
+) -> (Child, String) {
     let listen = format!("127.0.0.1:{}", free_port());
-    let child = common::mirror_command()
-        .args([
-            "serve",
-            "--upstream",
-            &h.sim.api_base(),
-            "--listen",
-            &listen,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--secret-file")
-        .arg(secret)
-        .args(["--shared-store", "s3://mirror/eu"])
-        .envs(moto.env())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("artifact-mirror starts");
-    let child = Child(child);
+    let mut cmd = common::mirror_command();
+    cmd.args([
+        "serve",
+        "--upstream",
+        &h.sim.api_base(),
+        "--listen",
+        &listen,
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--secret-file")
+    .arg(secret)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    if let Some(moto) = moto {
+        cmd.args(["--shared-store", "s3://mirror/eu"])
+            .envs(moto.env());
+    }
+    let child = Child(cmd.spawn().expect("artifact-mirror starts"));
     until_ready(&format!("http://{listen}/readyz")).await;
     (child, listen)
 }
@@ -592,7 +582,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas = Vec::new();
     for dir in &dirs[..3] {
-        replicas.push(shared_replica(&h, &secret, &moto, dir.path()).await);
+        replicas.push(replica_process(&h, &secret, dir.path(), Some(&moto)).await);
     }
     let lb = format!("127.0.0.1:{}", free_port());
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
@@ -633,7 +623,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     )
     .await;
     let location = signed.header("location").expect("location").to_owned();
-    let (_fresh, fresh) = shared_replica(&h, &secret, &moto, dirs[3].path()).await;
+    let (_fresh, fresh) = replica_process(&h, &secret, dirs[3].path(), Some(&moto)).await;
     let moved = get(&location.replace(&lb, &fresh), None).await;
     assert_eq!(moved.status, StatusCode::OK, "{moved:?}");
     assert_eq!(&moved.body[..], &zip[..]);
@@ -672,7 +662,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     // replica, still download right, from GHES.
     moto.child.0.kill().expect("stop moto");
     moto.child.0.wait().expect("reap moto");
-    let (_other, other) = shared_replica(&h, &secret, &moto, dirs[4].path()).await;
+    let (_other, other) = replica_process(&h, &secret, dirs[4].path(), Some(&moto)).await;
     let (new_id, new_zip) = new_artifact(&h, 100);
     download_direct(&fresh, new_id, &new_zip).await;
     let (id3, zip3, _) = &served[2];
