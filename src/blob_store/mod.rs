@@ -3,8 +3,8 @@
 //! the single fill per artifact that brings a zip from the blob storage
 //! upstream redirects to.
 //!
-//! Laid out as: `fill` (the transfer into a staged file, and what becomes
-//! of it), `staging` (reading a stored or filling blob for a client),
+//! Laid out as: `fill` (the fill, its staged file, and what becomes of
+//! it), `transfer` (the transfer from GHES's blob storage), `staging` (reading a stored or filling blob for a client),
 //! `backend` (the trait where verified zips live: commit a staged file,
 //! open by byte range, delete, scan) and `local` (its filesystem
 //! implementation, with sidecars and repair). Every blocking call into the
@@ -165,8 +165,11 @@ impl BlobStore {
                 if report.changed_anything() {
                     tracing::info!(?report, "blob store reconciled with its index");
                 }
-                let totals = (report.stored_bytes, report.stored_blobs);
-                (totals.0, totals.1, Start::Reconciled(report))
+                (
+                    report.stored_bytes,
+                    report.stored_blobs,
+                    Start::Reconciled(report),
+                )
             }
         };
         store.stored_bytes.store(bytes, Ordering::Relaxed);
@@ -180,7 +183,7 @@ impl BlobStore {
     /// without a record, which only a reconcile finds. Returns whether it
     /// sealed.
     pub fn seal(&self) -> Result<bool, IndexError> {
-        if self.lock().values().any(|f| !f.state.borrow().ended()) {
+        if self.live().fills_in_flight > 0 {
             return Ok(false);
         }
         self.index.seal(

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
-use super::stamp::{expired_ids, expiry_key, lru_key, split_stamp, u64_key};
+use super::expiry::{self, Expiring};
+use super::stamp::{lru_key, split_stamp, u64_key};
 use super::IndexError;
 
 /// A stored zip.
@@ -34,10 +35,10 @@ pub struct BlobTable {
     pub(super) expiry: sled::Tree,
 }
 
-/// The expiry line of an encoded record, if it has an `expires_at`.
-fn expiry_of(id: u64, encoded: &[u8]) -> Option<[u8; 16]> {
-    let record: BlobRecord = serde_json::from_slice(encoded).ok()?;
-    Some(expiry_key(record.expires_at?, id))
+impl Expiring for BlobRecord {
+    fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
 }
 
 type Tx = ConflictableTransactionError<()>;
@@ -69,7 +70,7 @@ impl BlobTable {
     /// seconds): one range of the expiry lines, not every record (a pass
     /// over 100 000 records cost housekeeping tens of MB each time).
     pub fn expired(&self, now: u64) -> Result<Vec<u64>, IndexError> {
-        Ok(expired_ids(&self.expiry, now)?)
+        Ok(expiry::expired(&self.expiry, now)?)
     }
 
     /// Writes a blob record and marks it used at `used_ms`. Flushed before
@@ -92,17 +93,10 @@ impl BlobTable {
     ) -> Result<(), IndexError> {
         let encoded = serde_json::to_vec(record)?;
         let id = artifact.to_be_bytes();
-        let line = record.expires_at.map(|t| expiry_key(t, artifact));
         let trees = (&self.records, &self.access, &self.lru, &self.expiry);
-        trees.transaction(|(records, access, lru, expiry)| {
-            if let Some(old) = records.insert(&id, encoded.as_slice())? {
-                if let Some(old_line) = expiry_of(artifact, &old) {
-                    expiry.remove(&old_line)?;
-                }
-            }
-            if let Some(line) = line {
-                expiry.insert(&line, &[])?;
-            }
+        trees.transaction(|(records, access, lru, lines)| {
+            let old = records.insert(&id, encoded.as_slice())?;
+            expiry::redraw_line(lines, artifact, old.as_deref(), Some(record))?;
             if let Some(old) = access.insert(&id, &used_ms.to_be_bytes())? {
                 lru.remove(lru_key(split_stamp(&old).0, &id))?;
             }
@@ -128,30 +122,15 @@ impl BlobTable {
     pub fn remove(&self, artifact: u64) -> Result<Option<BlobRecord>, IndexError> {
         let id = artifact.to_be_bytes();
         let trees = (&self.records, &self.access, &self.lru, &self.expiry);
-        let old = trees.transaction(|(records, access, lru, expiry)| {
+        let old = trees.transaction(|(records, access, lru, lines)| {
             if let Some(old) = access.remove(&id)? {
                 lru.remove(lru_key(split_stamp(&old).0, &id))?;
             }
             let old = records.remove(&id)?;
-            if let Some(line) = old.as_deref().and_then(|v| expiry_of(artifact, v)) {
-                expiry.remove(&line)?;
-            }
+            expiry::redraw_line::<BlobRecord>(lines, artifact, old.as_deref(), None)?;
             Ok::<_, Tx>(old)
         })?;
         Ok(old.and_then(|v| serde_json::from_slice(&v).ok()))
-    }
-
-    /// Writes the expiry line of every record: once, for records written
-    /// before the lines were kept.
-    pub(super) fn rebuild_expiry(&self) -> Result<(), IndexError> {
-        self.expiry.clear()?;
-        for item in self.records.iter() {
-            let (k, v) = item?;
-            if let Some(line) = expiry_of(u64_key(&k), &v) {
-                self.expiry.insert(line, &[])?;
-            }
-        }
-        Ok(())
     }
 
     /// The least recently used stored blob.

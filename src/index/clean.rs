@@ -51,7 +51,8 @@ pub(super) fn take(db: &sled::Db) -> Result<Opened, sled::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BlobRecord, Index};
+    use super::super::tests::{meta, record};
+    use super::super::Index;
     use super::*;
 
     #[test]
@@ -59,25 +60,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(index.opened(), Opened::Unknown, "a first start");
-        let meta = {
-            let request = http::Request::get("/").body(()).unwrap();
-            let response = http::Response::new(());
-            let policy = http_cache_semantics::CachePolicy::new(&request, &response);
-            super::super::JsonMeta {
-                headers: http::HeaderMap::new(),
-                policy,
-            }
-        };
-        index.json().put(b"k", 1, &meta, Some(b"body")).unwrap();
-        let record = BlobRecord {
-            sha256: "a".repeat(64),
-            size: 5,
-            name: "n".into(),
-            expires_at: None,
-            stored_at: 0,
-            repo: None,
-        };
-        index.blobs().put(1, &record, 1).unwrap();
+        index
+            .json()
+            .put(b"k", 1, &meta("\"m\""), Some(b"body"))
+            .unwrap();
+        index.blobs().put(1, &record("a"), 1).unwrap();
         let json_bytes = index.json().bytes();
         index.seal(5, 1).unwrap();
         drop(index);

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
-use super::stamp::{expired_ids, expiry_key, u64_key};
+use super::expiry::{self, Expiring};
+use super::stamp::u64_key;
 use super::IndexError;
 
 /// What is known of an artifact from any cached JSON.
@@ -78,29 +79,19 @@ pub struct FactTable {
 
 type Tx = ConflictableTransactionError<()>;
 
-/// The expiry line of encoded facts, if they have an `expires_at`.
-fn expiry_of(id: u64, encoded: &[u8]) -> Option<[u8; 16]> {
-    let facts: Facts = serde_json::from_slice(encoded).ok()?;
-    Some(expiry_key(facts.expires_at?, id))
+impl Expiring for Facts {
+    fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
 }
 
 impl FactTable {
     pub fn put(&self, artifact: u64, facts: &Facts) -> Result<(), IndexError> {
         let encoded = serde_json::to_vec(facts)?;
-        let line = facts.expires_at.map(|t| expiry_key(t, artifact));
         let id = artifact.to_be_bytes();
-        (&self.facts, &self.expiry).transaction(|(tree, expiry)| {
-            if let Some(old) = tree.insert(&id, encoded.as_slice())? {
-                match expiry_of(artifact, &old) {
-                    Some(old_line) if Some(old_line) != line => {
-                        expiry.remove(&old_line)?;
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(line) = line {
-                expiry.insert(&line, &[])?;
-            }
+        (&self.facts, &self.expiry).transaction(|(tree, lines)| {
+            let old = tree.insert(&id, encoded.as_slice())?;
+            expiry::redraw_line(lines, artifact, old.as_deref(), Some(facts))?;
             Ok::<_, Tx>(())
         })?;
         Ok(())
@@ -129,11 +120,9 @@ impl FactTable {
     /// Returns whether there were facts to drop.
     pub fn remove(&self, artifact: u64) -> Result<bool, IndexError> {
         let id = artifact.to_be_bytes();
-        let old = (&self.facts, &self.expiry).transaction(|(tree, expiry)| {
+        let old = (&self.facts, &self.expiry).transaction(|(tree, lines)| {
             let old = tree.remove(&id)?;
-            if let Some(line) = old.as_deref().and_then(|v| expiry_of(artifact, v)) {
-                expiry.remove(&line)?;
-            }
+            expiry::redraw_line::<Facts>(lines, artifact, old.as_deref(), None)?;
             Ok::<_, Tx>(old)
         })?;
         Ok(old.is_some())
@@ -142,24 +131,11 @@ impl FactTable {
     /// Drops the facts whose `expires_at` is `now` (Unix seconds) or
     /// before, reading only those; returns their artifacts.
     pub fn remove_expired(&self, now: u64) -> Result<Vec<u64>, IndexError> {
-        let ids = expired_ids(&self.expiry, now)?;
+        let ids = expiry::expired(&self.expiry, now)?;
         for &id in &ids {
             self.remove(id)?;
         }
         Ok(ids)
-    }
-
-    /// Writes the expiry line of every record: once, for facts written
-    /// before the lines were kept.
-    pub(super) fn rebuild_expiry(&self) -> Result<(), IndexError> {
-        self.expiry.clear()?;
-        for item in self.facts.iter() {
-            let (k, v) = item?;
-            if let Some(line) = expiry_of(u64_key(&k), &v) {
-                self.expiry.insert(line, &[])?;
-            }
-        }
-        Ok(())
     }
 }
 

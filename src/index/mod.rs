@@ -14,6 +14,7 @@ use std::sync::Arc;
 mod blobs;
 mod clean;
 mod error;
+mod expiry;
 mod facts;
 mod grants;
 mod json;
@@ -87,14 +88,14 @@ impl Index {
             aliases: tree("aliases")?,
             bytes: Arc::new(AtomicU64::new(0)),
         };
-        let opened = clean::take(&db).map_err(|e| IndexOpenError::new(dir, e))?;
+        let opened = clean::take(&db).map_err(open_err)?;
         let total = match opened {
             Opened::Clean(stop) => stop.json_bytes,
             Opened::Unknown => {
                 let mut total = 0u64;
                 for tree in [&json.meta, &json.body] {
                     for item in tree.iter() {
-                        let (_, v) = item.map_err(|e| IndexOpenError::new(dir, e))?;
+                        let (_, v) = item.map_err(open_err)?;
                         total += v.len() as u64;
                     }
                 }
@@ -121,11 +122,9 @@ impl Index {
         };
         if index.db.get(EXPIRY_LINES_KEY).map_err(open_err)?.is_none() {
             // Written by a release that kept no expiry lines: drawn once.
-            let drawn = index
-                .blobs
-                .rebuild_expiry()
-                .and(index.facts.rebuild_expiry());
-            drawn.map_err(|e| IndexOpenError::new(dir, std::io::Error::other(e)))?;
+            expiry::draw_all::<BlobRecord>(&index.blobs.records, &index.blobs.expiry)
+                .and_then(|()| expiry::draw_all::<Facts>(&index.facts.facts, &index.facts.expiry))
+                .map_err(open_err)?;
             index.db.insert(EXPIRY_LINES_KEY, &[]).map_err(open_err)?;
             index.db.flush().map_err(open_err)?;
         }
@@ -263,7 +262,7 @@ mod tests {
     const CRED: CredentialId = CredentialId::Token([1; 32]);
     const OTHER: CredentialId = CredentialId::Token([2; 32]);
 
-    fn meta(tag: &str) -> JsonMeta {
+    pub(super) fn meta(tag: &str) -> JsonMeta {
         let mut headers = http::HeaderMap::new();
         headers.insert("etag", http::HeaderValue::from_str(tag).unwrap());
         let request = http::Request::get("/").body(()).unwrap();
@@ -272,7 +271,7 @@ mod tests {
         JsonMeta { headers, policy }
     }
 
-    fn record(sha: &str) -> BlobRecord {
+    pub(super) fn record(sha: &str) -> BlobRecord {
         BlobRecord {
             sha256: sha.into(),
             size: 1,

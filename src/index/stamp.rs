@@ -25,21 +25,3 @@ pub(super) fn split_stamp(v: &IVec) -> (u64, IVec) {
     time[..n].copy_from_slice(&v[..n]);
     (u64::from_be_bytes(time), v.subslice(n, v.len() - n))
 }
-
-/// `expires_at ++ id`: expiry lines, soonest first, so the expired are one
-/// range from the start and a sweep reads only them.
-pub(super) fn expiry_key(expires_at: u64, id: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&expires_at.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-/// The ids of the expiry lines in `tree` up to and including `now`.
-pub(super) fn expired_ids(tree: &sled::Tree, now: u64) -> Result<Vec<u64>, sled::Error> {
-    let end = expiry_key(now.saturating_add(1), 0);
-    tree.range(..end)
-        .keys()
-        .map(|k| k.map(|k| u64_key(k.get(8..).unwrap_or_default())))
-        .collect()
-}
