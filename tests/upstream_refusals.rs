@@ -37,6 +37,18 @@ async fn download(h: &Harness, path: &str, token: &str) -> Result<Reply, Reply> 
 
 /// A reader may not delete (upstream 403): its DELETE must not empty the
 /// cache or the store for everyone else.
+/// A private artifact the reader downloaded (granted, zip stored); its
+/// download route.
+async fn granted_and_stored(h: &Harness) -> String {
+    let art = artifact(h, PRIVATE_REPO);
+    let zip = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    download(h, &zip, READER_TOKEN)
+        .await
+        .expect("the reader may download");
+    h.until_stored(1).await;
+    zip
+}
+
 #[tokio::test]
 async fn a_refused_delete_drops_neither_cached_json_nor_the_blob() {
     let h = Harness::start_with(|l| l.revalidate = Some(Revalidate::WhenStale)).await;
@@ -154,12 +166,7 @@ async fn a_rate_limited_403_keeps_the_entry() {
 #[tokio::test]
 async fn a_failed_renewal_keeps_the_grant() {
     let h = Harness::start().await;
-    let art = artifact(&h, PRIVATE_REPO);
-    let zip = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
-    download(&h, &zip, READER_TOKEN)
-        .await
-        .expect("the reader may download");
-    h.until_stored(1).await;
+    let zip = granted_and_stored(&h).await;
     assert_eq!(h.sim.counters().download, 1);
 
     h.sim.knobs().fail_next(1, 503);
@@ -184,12 +191,7 @@ async fn a_failed_renewal_keeps_the_grant() {
 #[tokio::test]
 async fn a_denied_renewal_ends_the_grant() {
     let h = Harness::start().await;
-    let art = artifact(&h, PRIVATE_REPO);
-    let zip = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
-    download(&h, &zip, READER_TOKEN)
-        .await
-        .expect("the reader may download");
-    h.until_stored(1).await;
+    let zip = granted_and_stored(&h).await;
 
     h.sim.knobs().revoke_private_access(READER_TOKEN);
     let denied = get(&h.url(&zip), Some(READER_TOKEN)).await;
