@@ -51,6 +51,17 @@ fn artifact(repo: &str, run_id: u64, name: &str, payload_bytes: usize) -> NewArt
     }
 }
 
+/// A 20 000-byte private artifact of run `run_id`: its id, its zip, and
+/// its download route.
+fn private_zip(h: &Harness, run_id: u64, name: &str) -> (u64, bytes::Bytes, String) {
+    let art = h
+        .sim
+        .add_artifact(artifact(PRIVATE_REPO, run_id, name, 20_000));
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    (art.id, zip, path)
+}
+
 /// The zip bytes a download through the mirror yields, or its non-302 answer.
 async fn zip_via_mirror(h: &Harness, path: &str, token: Option<&str>) -> Result<Reply, Reply> {
     let first = get(&h.url(path), token).await;
@@ -105,11 +116,7 @@ async fn when_stale_mode_answers_fresh_entries_without_upstream() {
 async fn a_young_grant_ends_max_fresh_after_upstream_last_said_yes() {
     let _turn = TURN.lock().await;
     let h = Harness::start_with(when_stale).await;
-    let art = h
-        .sim
-        .add_artifact(artifact(PRIVATE_REPO, 9001, "confidential", 20_000));
-    let zip = h.sim.zip_bytes(art.id).unwrap();
-    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    let (_, zip, path) = private_zip(&h, 9001, "confidential");
 
     let first = zip_via_mirror(&h, &path, Some(READER_TOKEN))
         .await
@@ -299,11 +306,7 @@ fn when_stale_long(l: &mut Layer) {
 async fn a_renewal_upstream_confirmed_makes_the_grant_young_again() {
     let _turn = TURN.lock().await;
     let h = Harness::start_with(when_stale_long).await;
-    let art = h
-        .sim
-        .add_artifact(artifact(PRIVATE_REPO, 9002, "renewed", 20_000));
-    let zip = h.sim.zip_bytes(art.id).unwrap();
-    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    let (_, zip, path) = private_zip(&h, 9002, "renewed");
     let download = || async {
         let before = h.sim.counters().api_requests;
         let blob = zip_via_mirror(&h, &path, Some(READER_TOKEN))
@@ -335,11 +338,7 @@ async fn a_renewal_upstream_confirmed_makes_the_grant_young_again() {
 async fn a_fresh_cached_answer_does_not_make_a_grant_young_again() {
     let _turn = TURN.lock().await;
     let h = Harness::start_with(when_stale_long).await;
-    let art = h
-        .sim
-        .add_artifact(artifact(PRIVATE_REPO, 9003, "not-renewed", 20_000));
-    let zip = h.sim.zip_bytes(art.id).unwrap();
-    let path = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", art.id);
+    let (id, zip, path) = private_zip(&h, 9003, "not-renewed");
     zip_via_mirror(&h, &path, Some(READER_TOKEN))
         .await
         .expect("upstream allows the reader");
@@ -347,10 +346,7 @@ async fn a_fresh_cached_answer_does_not_make_a_grant_young_again() {
 
     // The metadata is cached (the key a renewal uses) while the grant is young.
     advance_clock(Duration::from_secs(100));
-    let meta = h.url(&format!(
-        "/repos/{PRIVATE_REPO}/actions/artifacts/{}",
-        art.id
-    ));
+    let meta = h.url(&format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}", id));
     let accept = [("accept", "application/vnd.github+json")];
     assert_eq!(
         x_cache(&get_with(&meta, Some(READER_TOKEN), &accept).await),
