@@ -17,6 +17,9 @@
 //! - `rss_anon`: each start's process's anonymous memory after its pass
 //!   (each phase runs in a process of its own).
 //!
+//! The phases run on the allocator the binary ships with (`main.rs`), so
+//! the RSS figures are the binary's.
+//!
 //! Each phase but `housekeeping` ends as `serve` does: the runtime dropped,
 //! then the store sealed for the next start.
 //!
@@ -34,6 +37,9 @@ use artifact_mirror::credential::CredentialId;
 use artifact_mirror::index::{BlobRecord, Facts, Index};
 use artifact_mirror::server::Server;
 use sha2::{Digest, Sha256};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BLOB: u64 = 1_000;
 

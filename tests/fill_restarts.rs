@@ -262,9 +262,25 @@ async fn a_clean_stop_is_trusted_at_the_next_start_and_a_crash_is_not() {
     let orphan = dir.path().join("blobs/sha256/ff").join("f".repeat(64));
     std::fs::create_dir_all(orphan.parent().expect("shard")).expect("shard");
     std::fs::write(&orphan, b"nothing names me").expect("orphan");
+    // `cache stats` opens the index (taking the seal) but changes nothing:
+    // it puts the seal back.
+    let mut stats = common::mirror_command()
+        .args(["cache", "stats", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cache stats runs");
+    assert_eq!(
+        common::wait_bounded(&mut stats, TIMEOUT).and_then(|s| s.code()),
+        Some(0)
+    );
 
     let mirror = Mirror::start(&sim, dir.path()).await;
-    assert!(orphan.exists(), "after a clean stop the index was trusted");
+    assert!(
+        orphan.exists(),
+        "after a clean stop (and a `cache stats`) the index was trusted"
+    );
     // The totals came with the seal.
     assert_eq!(
         mirror.metric("artifact_mirror_store_blobs").await,

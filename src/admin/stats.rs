@@ -14,7 +14,7 @@ use super::{holder, AdminError};
 use crate::blob_store::local::repair;
 use crate::config::Settings;
 use crate::index::BlobRecord;
-use crate::index::{Index, IndexStats};
+use crate::index::{Index, IndexStats, Opened};
 
 /// Time allowed for the server's `/metrics` answer.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -105,6 +105,11 @@ pub fn gather(settings: &Settings) -> Result<Stats, AdminError> {
             let on_disk: HashSet<&str> = scan.blobs.iter().map(|b| b.sha256.as_str()).collect();
             disk.unindexed_files = Some(on_disk.difference(&named).count() as u64);
             let view = index_view(&index.stats()?, &records, &on_disk, settings);
+            // Opening took the seal of a clean stop; reading changed
+            // nothing, so the next start may still trust the store.
+            if let Opened::Clean(stop) = index.opened() {
+                index.seal(stop.blob_bytes, stop.blobs)?;
+            }
             Ok(Stats {
                 data_dir: dir.clone(),
                 server: None,
