@@ -78,7 +78,7 @@ impl SharedStoreMetrics {
         );
         r.register(
             "shared_store_upload_failures",
-            "Uploads to the shared store that failed (the download went on)",
+            "Artifacts not published to the shared store: its reference, blob upload or record failed (the download went on)",
             self.upload_failures.clone(),
         );
         r.register(
