@@ -378,6 +378,31 @@ async fn purge_all_empties_the_cache() {
     assert_eq!(h.sim.counters().blob_gets, 1);
 }
 
+/// `purge --all` seals the store with its totals and the next start trusts
+/// them: they must say empty, or the purged zips would go on counting
+/// against the quota (and in the store gauges).
+#[tokio::test]
+async fn a_start_after_purge_all_counts_an_empty_store() {
+    let mut h = Harness::start().await;
+    populate(&h).await;
+    stop(&mut h).await;
+    let run = admin(&["cache", "purge", "--all"], h.data_dir.path());
+    assert_eq!(run.code, 0, "{}", run.err);
+
+    h.restart_mirror().await;
+    let metrics = get(&format!("http://{}/metrics", h.mirror), None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for gauge in ["artifact_mirror_store_blobs", "artifact_mirror_store_bytes"] {
+        let value = text.lines().find_map(|l| {
+            l.strip_prefix(gauge)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        assert_eq!(value, Some(0.0), "{gauge}: {text}");
+    }
+}
+
 /// Every file under `dir`: path → (length, modification time).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
     let mut out = BTreeMap::new();

@@ -25,6 +25,11 @@ struct Mirror {
 
 impl Mirror {
     async fn start(sim: &Sim, data_dir: &Path) -> Mirror {
+        Mirror::start_with(sim, data_dir, &[]).await
+    }
+
+    /// [`Mirror::start`] with `extra` arguments for `serve`.
+    async fn start_with(sim: &Sim, data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Mirror {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -34,6 +39,7 @@ impl Mirror {
             .args(["serve", "--upstream", &sim.api_base(), "--listen", &addr])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -304,4 +310,38 @@ async fn a_clean_stop_is_trusted_at_the_next_start_and_a_crash_is_not() {
     );
     assert_eq!(download(&mirror, id).await, zip);
     assert_eq!(sim.blob_requests().len(), gets, "still from the store");
+}
+
+/// A stop whose grace ends with a fill cut leaves no seal (its file may be
+/// committed without a record, which only a reconcile finds): the next
+/// start reconciles the store. Fails when a cut fill is not counted.
+#[tokio::test]
+async fn a_stop_that_cuts_a_fill_leaves_the_store_to_be_reconciled() {
+    let (sim, arts) = sim_with(&[40_000]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etc = tempfile::tempdir().expect("temp dir");
+    let config = etc.path().join("mirror.toml");
+    std::fs::write(&config, "shutdown_grace = \"1s\"\n").expect("config");
+    let mirror =
+        Mirror::start_with(&sim, dir.path(), &["--config".as_ref(), config.as_os_str()]).await;
+    sim.knobs().stall_blob_after(10_000, 1);
+    let route = get(&mirror.url(arts[0].id), Some(READER_TOKEN)).await;
+    assert_eq!(route.status, StatusCode::FOUND);
+    let deadline = Instant::now() + TIMEOUT;
+    while staged_bytes(dir.path()) < 10_000 {
+        assert!(Instant::now() < deadline, "the fill never staged its bytes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        mirror.metric("artifact_mirror_fills_in_flight").await,
+        Some(1.0)
+    );
+    // The fill stalls past the grace: the stop cuts it.
+    assert_eq!(mirror.terminate(), Some(0));
+
+    let orphan = dir.path().join("blobs/sha256/ff").join("f".repeat(64));
+    std::fs::create_dir_all(orphan.parent().expect("shard")).expect("shard");
+    std::fs::write(&orphan, b"nothing names me").expect("orphan");
+    let _mirror = Mirror::start(&sim, dir.path()).await;
+    assert!(!orphan.exists(), "a stop that cut a fill was trusted");
 }
