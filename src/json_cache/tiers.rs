@@ -126,3 +126,81 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_cache_semantics::CachePolicy;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn store(dir: &std::path::Path, disk_bytes: u64, max_age: Duration) -> Store {
+        Store {
+            hot: moka::future::Cache::new(100),
+            index: Index::open(&dir.join("index"), 1 << 20).unwrap(),
+            disk_bytes,
+            max_age,
+            max_fresh: Duration::from_secs(60),
+        }
+    }
+
+    fn entry(body_len: usize, validated_at: u64) -> Arc<Entry> {
+        let request = http::Request::get("/").body(()).unwrap();
+        let response = http::Response::builder()
+            .header("cache-control", "private, max-age=60")
+            .body(())
+            .unwrap();
+        Arc::new(Entry::new(
+            http::HeaderMap::new(),
+            Bytes::from(vec![b'x'; body_len]),
+            CachePolicy::new(&request, &response),
+            validated_at,
+            validated_at,
+            Duration::from_secs(60),
+        ))
+    }
+
+    fn key(n: u8) -> Key {
+        Key(vec![b'k', n])
+    }
+
+    #[tokio::test]
+    async fn new_bodies_on_disk_stay_within_the_disk_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 3_000, Duration::from_secs(86_400));
+        let now = crate::clock::now_ms();
+        for n in 0..10 {
+            store
+                .put(&key(n), entry(1_000, now + u64::from(n)), Persist::Body)
+                .await;
+        }
+        assert!(store.index.json().bytes() <= 3_000);
+        // The least recently validated went, from both tiers.
+        assert!(store.index.json().get(&key(0).0).unwrap().is_none());
+        assert!(store.hot.get(&key(0)).await.is_none());
+        assert!(store.index.json().get(&key(9).0).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_disk_record_validated_before_the_oldest_allowed_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 1 << 20, Duration::from_secs(86_400));
+        let now = crate::clock::now_ms();
+        store
+            .put(&key(1), entry(10, now - 2 * HOUR_MS), Persist::Body)
+            .await;
+        assert!(store.load(&key(1), now - HOUR_MS).await.is_none());
+        assert!(store.load(&key(1), now - 3 * HOUR_MS).await.is_some());
+    }
+
+    #[test]
+    fn the_disk_lags_memory_by_at_most_half_the_record_age_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = store(dir.path(), 1, Duration::from_secs(86_400));
+        assert_eq!(long.persist_every(), millis(PERSIST_EVERY));
+        drop(long);
+        let short = store(dir.path(), 1, Duration::from_secs(20));
+        assert_eq!(short.persist_every(), 10_000);
+    }
+}
