@@ -390,16 +390,8 @@ async fn a_start_after_purge_all_counts_an_empty_store() {
     assert_eq!(run.code, 0, "{}", run.err);
 
     h.restart_mirror().await;
-    let metrics = get(&format!("http://{}/metrics", h.mirror), None).await;
-    let text = String::from_utf8_lossy(&metrics.body);
     for gauge in ["artifact_mirror_store_blobs", "artifact_mirror_store_bytes"] {
-        let value = text.lines().find_map(|l| {
-            l.strip_prefix(gauge)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        });
-        assert_eq!(value, Some(0.0), "{gauge}: {text}");
+        assert_eq!(common::metric(h.mirror, gauge).await, Some(0.0), "{gauge}");
     }
 }
 

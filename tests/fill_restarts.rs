@@ -29,7 +29,7 @@ impl Mirror {
     }
 
     /// [`Mirror::start`] with `extra` arguments for `serve`.
-    async fn start_with(sim: &Sim, data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Mirror {
+    async fn start_with(sim: &Sim, data_dir: &Path, extra: &[&str]) -> Mirror {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -80,10 +80,7 @@ impl Mirror {
 
     /// A gauge or counter of `/metrics`, as it reads now.
     async fn metric(&self, name: &str) -> Option<f64> {
-        let reply = get(&format!("http://{}/metrics", self.addr), None).await;
-        let text = String::from_utf8_lossy(&reply.body).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        common::metric(&self.addr, name).await
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -263,11 +260,7 @@ async fn a_clean_stop_is_trusted_at_the_next_start_and_a_crash_is_not() {
     }
     assert_eq!(mirror.terminate(), Some(0));
 
-    // A file neither a record nor a sidecar names: a start that reconciles
-    // removes it; a start that trusts the seal never lists the files.
-    let orphan = dir.path().join("blobs/sha256/ff").join("f".repeat(64));
-    std::fs::create_dir_all(orphan.parent().expect("shard")).expect("shard");
-    std::fs::write(&orphan, b"nothing names me").expect("orphan");
+    let orphan = plant_orphan(dir.path());
     // `cache stats` opens the index (taking the seal) but changes nothing:
     // it puts the seal back.
     let mut stats = common::mirror_command()
@@ -319,11 +312,7 @@ async fn a_clean_stop_is_trusted_at_the_next_start_and_a_crash_is_not() {
 async fn a_stop_that_cuts_a_fill_leaves_the_store_to_be_reconciled() {
     let (sim, arts) = sim_with(&[40_000]).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let etc = tempfile::tempdir().expect("temp dir");
-    let config = etc.path().join("mirror.toml");
-    std::fs::write(&config, "shutdown_grace = \"1s\"\n").expect("config");
-    let mirror =
-        Mirror::start_with(&sim, dir.path(), &["--config".as_ref(), config.as_os_str()]).await;
+    let mirror = Mirror::start_with(&sim, dir.path(), &["--shutdown-grace", "1s"]).await;
     sim.knobs().stall_blob_after(10_000, 1);
     let route = get(&mirror.url(arts[0].id), Some(READER_TOKEN)).await;
     assert_eq!(route.status, StatusCode::FOUND);
@@ -339,9 +328,16 @@ async fn a_stop_that_cuts_a_fill_leaves_the_store_to_be_reconciled() {
     // The fill stalls past the grace: the stop cuts it.
     assert_eq!(mirror.terminate(), Some(0));
 
-    let orphan = dir.path().join("blobs/sha256/ff").join("f".repeat(64));
-    std::fs::create_dir_all(orphan.parent().expect("shard")).expect("shard");
-    std::fs::write(&orphan, b"nothing names me").expect("orphan");
+    let orphan = plant_orphan(dir.path());
     let _mirror = Mirror::start(&sim, dir.path()).await;
     assert!(!orphan.exists(), "a stop that cut a fill was trusted");
+}
+
+/// A blob file neither a record nor a sidecar names: a start that
+/// reconciles removes it; a start that trusts the seal never lists the files.
+fn plant_orphan(data_dir: &Path) -> std::path::PathBuf {
+    let orphan = data_dir.join("blobs/sha256/ff").join("f".repeat(64));
+    std::fs::create_dir_all(orphan.parent().expect("shard")).expect("shard");
+    std::fs::write(&orphan, b"nothing names me").expect("orphan");
+    orphan
 }

@@ -82,11 +82,7 @@ async fn until_holds(h: &Harness, zips: &[Bytes]) {
 
 /// The value of one series on `/metrics` (0 when absent).
 async fn metric(h: &Harness, series: &str) -> f64 {
-    let text = get(&format!("http://{}/metrics", h.mirror), None).await;
-    let text = String::from_utf8(text.body.to_vec()).expect("UTF-8");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(h.mirror, series).await.unwrap_or(0.0)
 }
 
 /// Waits (bounded) until a series reaches `value`.

@@ -305,6 +305,15 @@ pub fn hex(bytes: &[u8]) -> String {
     ::hex::encode(bytes)
 }
 
+/// The value of one series (name and labels as exposed) on the mirror's
+/// `/metrics`; `None` when it is absent.
+pub async fn metric(mirror: impl std::fmt::Display, series: &str) -> Option<f64> {
+    let reply = get(&format!("http://{mirror}/metrics"), None).await;
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The built binary, with no inherited `ARTIFACT_MIRROR_*` (or `RUST_LOG`)
 /// variables: each test says what it sets.
 pub fn mirror_command() -> std::process::Command {
