@@ -569,8 +569,9 @@ async fn download_when_routed(lb: &str, id: u64, zip: &[u8]) -> String {
 /// config: each zip leaves GHES once; with two replicas SIGKILLed, and on a
 /// fresh replica with an empty disk, the same downloads come from the
 /// shared store with no new GHES blob fetch (a blob URL signed elsewhere
-/// included); with the store stopped, downloads go on from GHES; an
-/// outsider still gets GHES's 404 through any replica.
+/// included); an artifact deleted, or one GHES calls gone, leaves the
+/// bucket; with the store stopped, downloads go on from GHES; an outsider
+/// still gets GHES's 404 through any replica.
 #[tokio::test]
 #[ignore = "needs moto_server: see .ci/run"]
 async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
@@ -658,6 +659,27 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     ])
     .await;
 
+    // GHES answers a download 410 (a credential with no grant here, so the
+    // download endpoint is asked, not the artifact's JSON): the artifact
+    // leaves the bucket too, not only the replica that heard it.
+    let (gone_id, gone_zip) = new_artifact(&h, 50);
+    download_direct(&fresh, gone_id, &gone_zip).await;
+    let (record, _) = moto.until_recorded(gone_id).await;
+    h.sim.expire_artifact(gone_id);
+    let gone = get(
+        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{gone_id}/zip"),
+        Some(ghes_sim::fixtures::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::GONE, "{gone:?}");
+    let sha = record["sha256"].as_str().expect("a digest");
+    moto.until_gone(&[
+        format!("eu/artifacts/{gone_id}"),
+        format!("eu/blobs/sha256/{sha}"),
+        format!("eu/refs/{sha}/{gone_id}"),
+    ])
+    .await;
+
     // The store stops: a new artifact, and a known one on another empty
     // replica, still download right, from GHES.
     moto.child.0.kill().expect("stop moto");
@@ -667,7 +689,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     download_direct(&fresh, new_id, &new_zip).await;
     let (id3, zip3, _) = &served[2];
     download_direct(&other, *id3, zip3).await;
-    assert_eq!(h.sim.counters().blob_gets, 10, "both from GHES");
+    assert_eq!(h.sim.counters().blob_gets, 11, "both from GHES");
     // Still ready (downloads work), the store reported degraded, and counted.
     let ready = get(&format!("http://{fresh}/readyz"), None).await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
