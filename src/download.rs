@@ -564,6 +564,9 @@ mod tests {
         assert_eq!(p("bytes=0-1,5-6"), Whole);
         assert_eq!(p("items=0-1"), Whole);
         assert_eq!(p("byte"), Whole);
+        // One side a number, the other neither a number nor empty.
+        assert_eq!(p("bytes=5-x"), Whole);
+        assert_eq!(p("bytes=x-5"), Whole);
     }
 
     #[test]
