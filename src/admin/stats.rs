@@ -100,16 +100,15 @@ pub fn gather(settings: &Settings) -> Result<Stats, AdminError> {
     };
     match Index::open(&dir.join("index"), settings.index_cache_bytes) {
         Ok(index) => {
-            let records = records(&index)?;
-            let named: HashSet<&str> = records.iter().map(|r| r.sha256.as_str()).collect();
-            let on_disk: HashSet<&str> = scan.blobs.iter().map(|b| b.sha256.as_str()).collect();
-            disk.unindexed_files = Some(on_disk.difference(&named).count() as u64);
-            let view = index_view(&index.stats()?, &records, &on_disk, settings);
+            let read = read_index(&index, &scan, settings);
             // Opening took the seal of a clean stop; reading changed
-            // nothing, so the next start may still trust the store.
+            // nothing (even one that failed partway), so the next start may
+            // still trust the store.
             if let Opened::Clean(stop) = index.opened() {
                 index.seal(stop.blob_bytes, stop.blobs)?;
             }
+            let (view, unindexed) = read?;
+            disk.unindexed_files = Some(unindexed);
             Ok(Stats {
                 data_dir: dir.clone(),
                 server: None,
@@ -182,6 +181,22 @@ fn from_server(addr: std::net::SocketAddr) -> MetricsView {
             unavailable: Some(reason),
         },
     }
+}
+
+/// The index's figures, and how many blob files on disk no record names.
+fn read_index(
+    index: &Index,
+    scan: &repair::Scan,
+    settings: &Settings,
+) -> Result<(IndexView, u64), AdminError> {
+    let records = records(index)?;
+    let named: HashSet<&str> = records.iter().map(|r| r.sha256.as_str()).collect();
+    let on_disk: HashSet<&str> = scan.blobs.iter().map(|b| b.sha256.as_str()).collect();
+    let unindexed = on_disk.difference(&named).count() as u64;
+    Ok((
+        index_view(&index.stats()?, &records, &on_disk, settings),
+        unindexed,
+    ))
 }
 
 fn records(index: &Index) -> Result<Vec<BlobRecord>, AdminError> {
