@@ -307,6 +307,70 @@ mod tests {
         assert_eq!(all("age"), ["0"]);
     }
 
+    /// Validated at `T0` with `max-age=60`, as the JSON cache stores an
+    /// answer (a private cache).
+    const T0: Duration = Duration::from_secs(1_700_000_000);
+
+    fn entry() -> Entry {
+        let request = http::Request::get("/").body(()).unwrap();
+        let response = http::Response::builder()
+            .header("cache-control", "private, max-age=60")
+            .body(())
+            .unwrap();
+        let options = http_cache_semantics::CacheOptions {
+            shared: false,
+            ..Default::default()
+        };
+        let policy = CachePolicy::new_options(&request, &response, UNIX_EPOCH + T0, options);
+        let at = millis(T0);
+        Entry::new(
+            HeaderMap::new(),
+            Bytes::new(),
+            policy,
+            at,
+            at,
+            Duration::from_secs(3_600),
+        )
+    }
+
+    fn asking(cache_control: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_str(cache_control).unwrap(),
+        );
+        headers
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + T0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn fresh_up_to_but_not_at_its_time_to_live() {
+        let e = entry();
+        assert!(e.is_fresh(&HeaderMap::new(), at(59_999)));
+        assert!(!e.is_fresh(&HeaderMap::new(), at(60_000)));
+    }
+
+    /// RFC 9111 §5.2.1.1: `max-age=N` accepts an answer whose age is N.
+    #[test]
+    fn a_request_max_age_accepts_an_entry_exactly_that_old() {
+        let e = entry();
+        assert!(e.is_fresh(&asking("max-age=10"), at(10_000)));
+        assert!(!e.is_fresh(&asking("max-age=10"), at(11_000)));
+    }
+
+    /// RFC 9111 §5.2.1.3: `min-fresh=N` wants at least N seconds left.
+    #[test]
+    fn a_request_min_fresh_accepts_an_entry_with_exactly_that_left() {
+        let e = entry();
+        // 50 s left.
+        assert!(e.is_fresh(&asking("min-fresh=49"), at(10_000)));
+        assert!(e.is_fresh(&asking("min-fresh=50"), at(10_000)));
+        assert!(!e.is_fresh(&asking("min-fresh=51"), at(10_000)));
+    }
+
     #[test]
     fn etags_compare_weakly() {
         let v = |s: &str| HeaderValue::from_str(s).unwrap();
