@@ -365,6 +365,67 @@ mod tests {
         assert!(keys(&store).await.is_empty());
     }
 
+    /// A blob left under the digest by a cut upload (another size) is not
+    /// taken for the zip: it is uploaded again.
+    #[tokio::test]
+    async fn a_blob_of_another_size_under_the_digest_is_uploaded_again() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let zip = Bytes::from_static(b"zip bytes");
+        let r = record(&zip);
+        let key = tier.blob_key(&r.sha256);
+        store
+            .put(&key, PutPayload::from_static(b"zip"))
+            .await
+            .unwrap();
+        let blob = Arc::new(InMemoryBlob(zip.clone()));
+        tier.publish(1, &r, blob).await.unwrap();
+        let body: Vec<Bytes> = tier
+            .open(&r.sha256)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(body.concat(), zip.to_vec());
+    }
+
+    /// A second artifact with the same zip adds a record and a reference,
+    /// not a second upload of the blob.
+    #[tokio::test]
+    async fn a_blob_already_shared_is_not_uploaded_again() {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let zip = Bytes::from_static(b"zip bytes");
+        let r = record(&zip);
+        let key = tier.blob_key(&r.sha256);
+        let blob = Arc::new(InMemoryBlob(zip.clone()));
+        tier.publish(1, &r, blob.clone()).await.unwrap();
+        let first = store.head(&key).await.unwrap().e_tag;
+        tier.publish(2, &r, blob).await.unwrap();
+        assert_eq!(store.head(&key).await.unwrap().e_tag, first);
+    }
+
+    /// A failed call skips the store for [`BACK_OFF`], no longer.
+    #[test]
+    fn a_store_marked_down_is_skipped_for_the_back_off_only() {
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        let tier = SharedTier::new(Arc::new(InMemory::new()), Path::default(), metrics);
+        assert!(tier.available());
+        let before = crate::clock::now_ms();
+        tier.down();
+        let after = crate::clock::now_ms();
+        assert!(!tier.available());
+        let back_off = BACK_OFF.as_millis() as u64;
+        let until = tier.down_until.load(Ordering::Relaxed);
+        assert!(
+            (before + back_off..=after + back_off).contains(&until),
+            "down until {until}, now {after}"
+        );
+    }
+
     /// A record whose blob is gone (a lifecycle rule, a removal racing an
     /// upload) is a miss for that artifact, not a store that is down for
     /// every other one.
