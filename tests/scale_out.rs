@@ -659,6 +659,23 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     ])
     .await;
 
+    // An artifact whose JSON a replica read before its download: its shared
+    // record carries GitHub's (future) expires_at, and another replica still
+    // serves it from the bucket.
+    let (seen_id, seen_zip) = new_artifact(&h, 60);
+    let json = get(
+        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{seen_id}"),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(json.status, StatusCode::OK, "{json:?}");
+    download_direct(&fresh, seen_id, &seen_zip).await;
+    let (record, _) = moto.until_recorded(seen_id).await;
+    assert!(record["expires_at"].as_u64().is_some(), "{record}");
+    let gets = h.sim.counters().blob_gets;
+    download_direct(&replicas[0].1, seen_id, &seen_zip).await;
+    assert_eq!(h.sim.counters().blob_gets, gets, "from the bucket");
+
     // GHES answers a download 410 (a credential with no grant here, so the
     // download endpoint is asked, not the artifact's JSON): the artifact
     // leaves the bucket too, not only the replica that heard it.
@@ -689,7 +706,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     download_direct(&fresh, new_id, &new_zip).await;
     let (id3, zip3, _) = &served[2];
     download_direct(&other, *id3, zip3).await;
-    assert_eq!(h.sim.counters().blob_gets, 11, "both from GHES");
+    assert_eq!(h.sim.counters().blob_gets, 12, "both from GHES");
     // Still ready (downloads work), the store reported degraded, and counted.
     let ready = get(&format!("http://{fresh}/readyz"), None).await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
