@@ -51,6 +51,18 @@ async fn until_past(expires_at: u64) {
     }
 }
 
+/// Waits (bounded) until housekeeping has dropped every stored zip.
+async fn until_no_zip(h: &Harness) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while h.stored_files() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "housekeeping never dropped the expired zip"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A mirror holding one stored zip of an artifact whose `expires_at` is now
 /// past; answers the artifact id.
 async fn stored_then_expired(tune: impl FnOnce(&mut Layer)) -> (Harness, u64) {
@@ -84,14 +96,7 @@ async fn housekeeping_drops_an_expired_zip_on_its_own() {
     })
     .await;
     let requests = h.sim.counters().api_requests;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while h.stored_files() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "housekeeping never dropped the expired zip"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_zip(&h).await;
     assert_eq!(h.sim.counters().api_requests, requests, "nobody asked");
 }
 
@@ -112,13 +117,6 @@ async fn housekeeping_drops_an_expired_zip_whose_facts_were_lost() {
     assert_eq!(h.stored_files(), 1, "the restart kept the zip");
     let requests = h.sim.counters().api_requests;
     until_past(expires_at).await;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while h.stored_files() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "housekeeping never dropped the expired zip"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_zip(&h).await;
     assert_eq!(h.sim.counters().api_requests, requests, "nobody asked");
 }
