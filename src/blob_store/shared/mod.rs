@@ -308,6 +308,13 @@ mod tests {
         }
     }
 
+    /// A tier over an empty in-memory store under `prefix`, and the store.
+    fn in_memory(prefix: Path) -> (Arc<InMemory>, SharedTier) {
+        let store = Arc::new(InMemory::new());
+        let metrics = Arc::new(SharedStoreMetrics::default());
+        (store.clone(), SharedTier::new(store, prefix, metrics))
+    }
+
     async fn keys(store: &InMemory) -> Vec<String> {
         let mut keys: Vec<String> = store
             .list(None)
@@ -321,9 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_blob_per_digest_under_the_prefix_gone_with_its_last_artifact() {
-        let store = Arc::new(InMemory::new());
-        let metrics = Arc::new(SharedStoreMetrics::default());
-        let tier = SharedTier::new(store.clone(), Path::from("eu"), metrics);
+        let (store, tier) = in_memory(Path::from("eu"));
         let zip = Bytes::from(vec![7u8; 3 * PART / 2]);
         let r = record(&zip);
         for artifact in [1, 2] {
@@ -355,9 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blob_shorter_than_its_record_is_not_published() {
-        let store = Arc::new(InMemory::new());
-        let metrics = Arc::new(SharedStoreMetrics::default());
-        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let (store, tier) = in_memory(Path::default());
         let mut r = record(b"abc");
         r.size = 10;
         let blob = Arc::new(InMemoryBlob(Bytes::from_static(b"abc")));
@@ -369,9 +372,7 @@ mod tests {
     /// taken for the zip: it is uploaded again.
     #[tokio::test]
     async fn a_blob_of_another_size_under_the_digest_is_uploaded_again() {
-        let store = Arc::new(InMemory::new());
-        let metrics = Arc::new(SharedStoreMetrics::default());
-        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let (store, tier) = in_memory(Path::default());
         let zip = Bytes::from_static(b"zip bytes");
         let r = record(&zip);
         let key = tier.blob_key(&r.sha256);
@@ -395,9 +396,7 @@ mod tests {
     /// not a second upload of the blob.
     #[tokio::test]
     async fn a_blob_already_shared_is_not_uploaded_again() {
-        let store = Arc::new(InMemory::new());
-        let metrics = Arc::new(SharedStoreMetrics::default());
-        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let (store, tier) = in_memory(Path::default());
         let zip = Bytes::from_static(b"zip bytes");
         let r = record(&zip);
         let key = tier.blob_key(&r.sha256);
@@ -431,9 +430,7 @@ mod tests {
     /// every other one.
     #[tokio::test]
     async fn a_record_whose_blob_is_gone_is_a_miss_not_an_outage() {
-        let store = Arc::new(InMemory::new());
-        let metrics = Arc::new(SharedStoreMetrics::default());
-        let tier = SharedTier::new(store.clone(), Path::default(), metrics);
+        let (store, tier) = in_memory(Path::default());
         let zip = Bytes::from_static(b"zip bytes");
         let r = record(&zip);
         let blob = Arc::new(InMemoryBlob(zip.clone()));
