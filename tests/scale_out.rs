@@ -676,6 +676,32 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     download_direct(&replicas[0].1, seen_id, &seen_zip).await;
     assert_eq!(h.sim.counters().blob_gets, gets, "from the bucket");
 
+    // Its expires_at passes (GHES's expiry job has not run: its download
+    // endpoint still answers): a replica that never read the JSON does not
+    // fill from the bucket's record, it asks GHES.
+    let (lapsed_id, lapsed_zip) = new_artifact(&h, 70);
+    let expires_at = unix_now() + 2;
+    h.sim.set_expires_at(lapsed_id, expires_at);
+    let json = get(
+        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{lapsed_id}"),
+        Some(READER_TOKEN),
+    )
+    .await;
+    assert_eq!(json.status, StatusCode::OK, "{json:?}");
+    download_direct(&fresh, lapsed_id, &lapsed_zip).await;
+    let (record, _) = moto.until_recorded(lapsed_id).await;
+    assert_eq!(record["expires_at"].as_u64(), Some(expires_at), "{record}");
+    while unix_now() < expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let gets = h.sim.counters().blob_gets;
+    download_direct(&replicas[0].1, lapsed_id, &lapsed_zip).await;
+    assert_eq!(
+        h.sim.counters().blob_gets,
+        gets + 1,
+        "from GHES, not the bucket"
+    );
+
     // GHES answers a download 410 (a credential with no grant here, so the
     // download endpoint is asked, not the artifact's JSON): the artifact
     // leaves the bucket too, not only the replica that heard it.
@@ -706,7 +732,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     download_direct(&fresh, new_id, &new_zip).await;
     let (id3, zip3, _) = &served[2];
     download_direct(&other, *id3, zip3).await;
-    assert_eq!(h.sim.counters().blob_gets, 12, "both from GHES");
+    assert_eq!(h.sim.counters().blob_gets, 14, "both from GHES");
     // Still ready (downloads work), the store reported degraded, and counted.
     let ready = get(&format!("http://{fresh}/readyz"), None).await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
@@ -721,6 +747,14 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     ] {
         assert!(metrics.contains(series), "{series} in {metrics}");
     }
+}
+
+/// This process's wall clock in Unix seconds, as GHES's `expires_at` counts.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
 }
 
 /// Downloads artifact `id` straight from one mirror: the redirect, then the
