@@ -308,6 +308,24 @@ mod tests {
         }
     }
 
+    /// Only a 404 is a miss; every other failure (a timeout, a 5xx, an
+    /// unreadable record) must mark the store down, or each local miss would
+    /// pay the store's timeout again.
+    #[test]
+    fn only_a_missing_object_is_a_miss() {
+        let missing = object_store::Error::NotFound {
+            path: "eu/blobs/sha256/00".into(),
+            source: "404".into(),
+        };
+        assert!(SharedError::Store(missing).is_not_found());
+        let failed = object_store::Error::Generic {
+            store: "S3",
+            source: "503 Slow Down".into(),
+        };
+        assert!(!SharedError::Store(failed).is_not_found());
+        assert!(!SharedError::Timeout(FIRST_BYTES).is_not_found());
+    }
+
     /// A tier over an empty in-memory store under `prefix`, and the store.
     fn in_memory(prefix: Path) -> (Arc<InMemory>, SharedTier) {
         let store = Arc::new(InMemory::new());
