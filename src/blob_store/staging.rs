@@ -226,3 +226,175 @@ impl HttpBody for ChannelBody {
         SizeHint::with_exact(self.remaining)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FillError;
+    use crate::index::BlobRecord;
+    use std::time::Duration;
+
+    /// How long a test waits for a frame that must come.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct InMemory(Bytes);
+
+    impl StoredBlob for InMemory {
+        fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
+            let start = usize::try_from(pos).map_or(self.0.len(), |p| p.min(self.0.len()));
+            Ok(self.0.slice(start..(start + len).min(self.0.len())))
+        }
+    }
+
+    fn zip(len: usize) -> Bytes {
+        (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
+    }
+
+    fn stored(bytes: &Bytes) -> Arc<dyn StoredBlob> {
+        Arc::new(InMemory(bytes.clone()))
+    }
+
+    fn running(written: u64) -> FillState {
+        FillState::Running {
+            written,
+            total: None,
+            name: None,
+        }
+    }
+
+    fn verified(size: u64) -> FillState {
+        FillState::Verified(BlobRecord {
+            sha256: "00".into(),
+            size,
+            name: "dist".into(),
+            expires_at: None,
+            stored_at: 0,
+            repo: None,
+        })
+    }
+
+    /// Every frame of `body` until it ends: `Err` with the error's text if
+    /// it ends in one.
+    async fn frames(mut body: ChannelBody) -> Result<Vec<Bytes>, String> {
+        use http_body_util::BodyExt;
+        let mut got = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(WAIT, body.frame())
+                .await
+                .expect("the body ends in time");
+            match frame {
+                None => return Ok(got),
+                Some(Ok(f)) => got.push(f.into_data().expect("a data frame")),
+                Some(Err(e)) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// The next frame a pump sends, or `None` if none comes within `wait`.
+    async fn next(
+        rx: &mut mpsc::Receiver<Result<Bytes, BoxError>>,
+        wait: Duration,
+    ) -> Option<Bytes> {
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Ok(b))) => Some(b),
+            Ok(Some(Err(e))) => panic!("the pump failed: {e}"),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_range_comes_whole_in_chunks_of_the_frame_size() {
+        let bytes = zip(3 * CHUNK + 17);
+        let (start, end) = (5, bytes.len() as u64 - 3);
+        let body = read_range(Source::Stored(stored(&bytes)), start, end);
+        assert_eq!(body.size_hint().exact(), Some(end - start));
+        let got = frames(body).await.expect("a whole answer");
+        let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [CHUNK, CHUNK, CHUNK, 9], "128 KiB frames");
+        assert_eq!(got.concat(), bytes[5..bytes.len() - 3]);
+    }
+
+    #[tokio::test]
+    async fn a_blob_shorter_than_announced_ends_the_answer_in_an_error() {
+        let body = read_range(Source::Stored(stored(&zip(10))), 0, 20);
+        let err = frames(body).await.expect_err("never a short answer");
+        assert!(err.contains("shorter than announced"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_sender_stops_early_ends_in_an_error_not_a_short_answer() {
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Ok(Bytes::from_static(b"abc")))
+            .await
+            .expect("queued");
+        drop(tx);
+        let cut = ChannelBody { rx, remaining: 5 };
+        let err = frames(cut).await.expect_err("2 bytes missing");
+        assert!(err.contains("ended early"), "{err}");
+
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Ok(Bytes::from_static(b"abc")))
+            .await
+            .expect("queued");
+        drop(tx);
+        let whole = ChannelBody { rx, remaining: 3 };
+        assert_eq!(frames(whole).await.expect("whole").concat(), b"abc");
+    }
+
+    /// A reader of a fill gets what the fill has written as it is written,
+    /// and the last byte of its answer only once the fill is verified: a
+    /// client must never see an answer end whole that the fill rejects.
+    #[tokio::test]
+    async fn a_reader_follows_the_fill_and_its_last_byte_waits_for_the_verdict() {
+        let bytes = zip(1000);
+        let (state, rx) = watch::channel(running(0));
+        let (tx, mut out) = mpsc::channel(8);
+        let file = stored(&bytes);
+        let pump =
+            tokio::spawn(async move { pump_file(file, Some((rx, None)), 0, 1000, &tx).await });
+        assert_eq!(next(&mut out, Duration::from_millis(200)).await, None);
+        state.send_replace(running(100));
+        assert_eq!(next(&mut out, WAIT).await.as_deref(), Some(&bytes[..100]));
+        state.send_replace(running(1000));
+        assert_eq!(
+            next(&mut out, WAIT).await.as_deref(),
+            Some(&bytes[100..999])
+        );
+        assert_eq!(
+            next(&mut out, Duration::from_millis(200)).await,
+            None,
+            "held"
+        );
+        state.send_replace(verified(1000));
+        assert_eq!(next(&mut out, WAIT).await.as_deref(), Some(&bytes[999..]));
+        assert_eq!(pump.await.expect("joined"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_reader_of_a_fill_that_fails_or_is_not_kept_without_an_origin_gets_an_error() {
+        let cases = [
+            (
+                FillState::Failed(Arc::new(FillError::Cut("reset".into()))),
+                "cut",
+            ),
+            (
+                FillState::Unkept {
+                    size: 1000,
+                    name: None,
+                },
+                "not kept",
+            ),
+        ];
+        for (ended, says) in cases {
+            let (state, rx) = watch::channel(running(10));
+            let (tx, mut out) = mpsc::channel(8);
+            let file = stored(&zip(1000));
+            let pump =
+                tokio::spawn(async move { pump_file(file, Some((rx, None)), 0, 1000, &tx).await });
+            assert_eq!(next(&mut out, WAIT).await.map(|b| b.len()), Some(10));
+            state.send_replace(ended);
+            let err = pump.await.expect("joined").expect_err("an error");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+}
