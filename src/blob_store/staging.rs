@@ -231,8 +231,13 @@ impl HttpBody for ChannelBody {
 mod tests {
     use super::*;
     use crate::error::FillError;
-    use crate::index::BlobRecord;
-    use std::time::Duration;
+    use crate::index::{BlobRecord, Index};
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::time::{Duration, Instant};
+
+    use super::super::backend::Backend;
+    use super::super::local::repair::{RepairError, Report};
 
     /// How long a test waits for a frame that must come.
     const WAIT: Duration = Duration::from_secs(5);
@@ -244,6 +249,39 @@ mod tests {
             let start = usize::try_from(pos).map_or(self.0.len(), |p| p.min(self.0.len()));
             Ok(self.0.slice(start..(start + len).min(self.0.len())))
         }
+    }
+
+    /// A backend whose committed blob is these bytes; nothing else is
+    /// asked of it here.
+    struct Committed(Bytes);
+
+    impl Backend for Committed {
+        fn commit(&self, _: &Path, _: u64, _: &BlobRecord) -> Result<(), FillError> {
+            Err(FillError::BadAnswer("no commit in these tests".into()))
+        }
+        fn open(&self, _: &BlobRecord) -> std::io::Result<Arc<dyn StoredBlob>> {
+            Ok(stored(&self.0))
+        }
+        fn delete(&self, _: u64, _: &BlobRecord) {}
+        fn scan(&self, _: &Index, _: bool) -> Result<Report, RepairError> {
+            Ok(Report::default())
+        }
+    }
+
+    /// A fill of artifact 1 staged at `tmp`, whose committed blob is `bytes`.
+    fn fill(tmp: PathBuf, bytes: &Bytes, state: watch::Receiver<FillState>) -> Arc<Fill> {
+        Arc::new(Fill {
+            artifact: 1,
+            repo: None,
+            started: Instant::now(),
+            started_unix: 0,
+            tmp,
+            backend: Arc::new(Committed(bytes.clone())),
+            origin: None,
+            state,
+            readers: AtomicU64::new(0),
+            transient: AtomicBool::new(false),
+        })
     }
 
     fn zip(len: usize) -> Bytes {
@@ -310,7 +348,8 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(end - start));
         let got = frames(body).await.expect("a whole answer");
         let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
-        assert_eq!(sizes, [CHUNK, CHUNK, CHUNK, 9], "128 KiB frames");
+        let k128 = 128 * 1024;
+        assert_eq!(sizes, [k128, k128, k128, 9], "128 KiB frames");
         assert_eq!(got.concat(), bytes[5..bytes.len() - 3]);
     }
 
@@ -396,5 +435,39 @@ mod tests {
             let err = pump.await.expect("joined").expect_err("an error");
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    /// A client of a fill reads its staged file, and counts as a reader (the
+    /// `fill_waiters` gauge) exactly while it streams.
+    #[tokio::test]
+    async fn a_fills_client_reads_the_staged_file_and_counts_while_it_streams() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let bytes = zip(1000);
+        let tmp = dir.path().join("1.part");
+        std::fs::write(&tmp, &bytes).expect("staged");
+        let (state, rx) = watch::channel(running(0));
+        let fill = fill(tmp, &zip(7), rx);
+        let body = read_range(Source::Filling(fill.clone()), 0, 1000);
+        let deadline = Instant::now() + WAIT;
+        while fill.readers.load(Ordering::Relaxed) != 1 {
+            assert!(Instant::now() < deadline, "the reader is counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state.send_replace(running(1000));
+        state.send_replace(verified(1000));
+        assert_eq!(frames(body).await.expect("whole").concat(), bytes);
+        assert_eq!(fill.readers.load(Ordering::Relaxed), 0, "and uncounted");
+    }
+
+    /// The fill finished and renamed its staged file away before the client
+    /// opened it: the client reads the committed blob.
+    #[tokio::test]
+    async fn a_client_that_finds_the_staged_file_gone_reads_the_committed_blob() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let bytes = zip(1000);
+        let (_state, rx) = watch::channel(verified(1000));
+        let fill = fill(dir.path().join("renamed.part"), &bytes, rx);
+        let body = read_range(Source::Filling(fill), 10, 1000);
+        assert_eq!(frames(body).await.expect("whole").concat(), bytes[10..]);
     }
 }
