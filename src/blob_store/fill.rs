@@ -442,3 +442,50 @@ pub(super) fn check_size(expected: Option<u64>, got: u64) -> Result<(), FillErro
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_is_checked_only_against_a_known_one() {
+        assert!(check_size(None, 7).is_ok());
+        assert!(check_size(Some(7), 7).is_ok());
+        let err = check_size(Some(7), 8).expect_err("another size");
+        assert!(
+            matches!(
+                err,
+                FillError::SizeMismatch {
+                    expected: 7,
+                    got: 8
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    /// The staged zip is kept only if its digest is the one expected (when
+    /// one is known); the digest returned is the content's.
+    #[tokio::test]
+    async fn sealing_returns_the_contents_digest_and_refuses_another() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let tmp = dir.path().join("1.part");
+        let file = create(&tmp).await.expect("created");
+        let hasher = || {
+            let mut h = Sha256::new();
+            h.update(b"zip");
+            h
+        };
+        let digest = hex(&Sha256::digest(b"zip"));
+        assert_eq!(
+            seal(&file, hasher(), &tmp, None).await.expect("sealed"),
+            digest
+        );
+        let same = seal(&file, hasher(), &tmp, Some(&digest)).await;
+        assert_eq!(same.expect("sealed"), digest);
+        let err = seal(&file, hasher(), &tmp, Some("00"))
+            .await
+            .expect_err("another digest");
+        assert!(matches!(err, FillError::DigestMismatch { .. }), "{err}");
+    }
+}

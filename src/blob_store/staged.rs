@@ -232,6 +232,34 @@ mod tests {
         write_record(&part, r).unwrap();
     }
 
+    /// A staged prefix is resumed only if what the artifact's JSON now says
+    /// (size, digest) agrees with it; what either side does not know
+    /// cannot disagree.
+    #[test]
+    fn a_staged_record_fits_facts_that_agree_or_say_nothing() {
+        use crate::index::Facts;
+        let mut staged = record(1, 100, None);
+        let facts = |size: Option<u64>, sha256: Option<&str>| Facts {
+            size,
+            sha256: sha256.map(str::to_owned),
+            ..Facts::default()
+        };
+        assert!(staged.fits(&facts(None, None)));
+        assert!(
+            staged.fits(&facts(Some(100), Some("aa"))),
+            "no staged digest"
+        );
+        assert!(!staged.fits(&facts(Some(99), None)), "another size");
+        staged.sha256 = Some("aa".into());
+        assert!(staged.fits(&facts(Some(100), Some("aa"))));
+        assert!(staged.fits(&facts(None, None)));
+        assert!(
+            !staged.fits(&facts(Some(100), Some("bb"))),
+            "another digest"
+        );
+        assert!(!staged.fits(&facts(Some(99), Some("aa"))), "another size");
+    }
+
     #[test]
     fn scan_keeps_the_longest_prefix_of_this_boot_and_clears_the_rest() {
         let dir = tempfile::tempdir().unwrap();

@@ -356,6 +356,51 @@ pub fn hash_file(path: &Path) -> Result<String, RepairError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn blob_files_are_named_by_64_lower_case_hex_digits() {
+        let digest = "0123456789abcdef".repeat(4);
+        assert!(is_digest(&digest));
+        assert!(!is_digest(&digest[1..]), "63 digits");
+        assert!(!is_digest(&format!("{digest}0")), "65 digits");
+        assert!(!is_digest(&digest.to_uppercase()), "upper case");
+        assert!(
+            !is_digest(&format!("{}.json", &digest[..59])),
+            "a sidecar's name"
+        );
+    }
+
+    /// Only a report that changed something is logged at start.
+    #[test]
+    fn a_report_changed_anything_when_any_repair_count_is_above_zero() {
+        let quiet = Report {
+            checked: 3,
+            ok: 3,
+            stored_bytes: 10,
+            stored_blobs: 3,
+            ..Report::default()
+        };
+        assert!(!quiet.changed_anything());
+        let changes: [fn(&mut Report); 6] = [
+            |r| {
+                r.corrupt.push(Corrupt {
+                    sha256: "00".into(),
+                    reason: "short".into(),
+                    artifacts: vec![1],
+                })
+            },
+            |r| r.records_rebuilt = 1,
+            |r| r.dangling_records = 1,
+            |r| r.orphans_removed = 1,
+            |r| r.stray_sidecars = 1,
+            |r| r.sidecars_written = 1,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut report = quiet.clone();
+            change(&mut report);
+            assert!(report.changed_anything(), "change {i}");
+        }
+    }
+
     struct Store {
         dir: tempfile::TempDir,
         index: Index,
