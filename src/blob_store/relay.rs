@@ -365,7 +365,15 @@ mod tests {
         assert!(got.is_empty());
 
         let (host, uri) = Host::start(&[Answer::Status(StatusCode::SERVICE_UNAVAILABLE); 5]).await;
+        let started = std::time::Instant::now();
         let (got, ended) = relayed(&origin(uri, vec![]), 0, SIZE).await;
+        // Backing off 100, 200, 300, 400 ms between tries, not hammering a
+        // failing store (a lower bound only: a slow machine takes longer).
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         let err = ended.expect_err("five 503s");
         assert!(err.contains("gave up") && err.contains("503"), "{err}");
         assert!(got.is_empty());
