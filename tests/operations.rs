@@ -490,6 +490,24 @@ async fn blobs_over_max_blob_bytes_are_streamed_not_stored() {
     }
 }
 
+/// A zip over `max_blob_bytes` is not kept, but the finished fill stays
+/// servable while the URLs it handed out live: a client that fetches its
+/// blob URL after the fill ended gets the zip without a second GHES fetch.
+#[tokio::test]
+async fn a_blob_not_kept_is_served_from_its_ended_fill_while_its_urls_live() {
+    let h = Harness::start_with(|l| l.max_blob_bytes = Some(100_000)).await;
+    let art = artifact(&h, "big", 200_000);
+    let zip = h.sim.zip_bytes(art.id).unwrap();
+    let redirect = get(&h.url(&zip_path(art.id)), Some(READER_TOKEN)).await;
+    assert_eq!(redirect.status, StatusCode::FOUND, "{redirect:?}");
+    h.until_fills_end().await;
+    let blob = get(redirect.header("location").unwrap(), None).await;
+    assert_eq!(blob.status, StatusCode::OK, "{blob:?}");
+    assert_eq!(blob.body, zip);
+    assert_eq!(h.sim.counters().blob_gets, 1, "from the ended fill");
+    assert_eq!(h.stored_files(), 0, "nothing kept");
+}
+
 /// A simulator holding one 64 MiB artifact, and its zip.
 async fn sim_with_huge_artifact() -> (Sim, u64, Bytes) {
     let sim = Sim::start(SimConfig::default()).await.expect("simulator");
