@@ -21,6 +21,8 @@ mod relay;
 pub mod shared;
 mod staged;
 mod staging;
+#[cfg(test)]
+mod test_host;
 mod transfer;
 
 use std::collections::{HashMap, VecDeque};

@@ -147,151 +147,8 @@ pub(super) async fn relay(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_host::{origin, Answer, Host, SIZE};
     use super::*;
-    use std::collections::VecDeque;
-    use std::convert::Infallible;
-
-    use http_body_util::BodyExt;
-    use hyper::body::Frame;
-
-    use crate::body::Body;
-    use crate::config::{Layer, Settings};
-
-    const SIZE: u64 = 1000;
-
-    /// How the test blob host answers a request.
-    #[derive(Clone, Copy)]
-    enum Answer {
-        /// A 206 from the asked byte, as a blob store does.
-        Range,
-        /// That 206, cut (the connection reset) after this many bytes.
-        CutAfter(usize),
-        /// A 206 whose `Content-Range` starts one byte late.
-        OffByOne,
-        Status(StatusCode),
-    }
-
-    /// A blob host on loopback serving one zip of [`SIZE`] bytes: the
-    /// answers to give in turn (then [`Answer::Range`]), and the `Range`
-    /// of each request it got.
-    struct Host {
-        zip: Bytes,
-        answers: Mutex<VecDeque<Answer>>,
-        asked: Mutex<Vec<u64>>,
-    }
-
-    impl Host {
-        async fn start(answers: &[Answer]) -> (Arc<Host>, Uri) {
-            let host = Arc::new(Host {
-                zip: (0..SIZE)
-                    .map(|i| (i % 251) as u8)
-                    .collect::<Vec<_>>()
-                    .into(),
-                answers: Mutex::new(answers.iter().copied().collect()),
-                asked: Mutex::new(Vec::new()),
-            });
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("a loopback port");
-            let uri = format!("http://{}/zip", listener.local_addr().expect("bound"))
-                .parse()
-                .expect("a uri");
-            let serving = host.clone();
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let host = serving.clone();
-                    let service = hyper::service::service_fn(move |r| {
-                        let answer = host.answer(&r);
-                        async move { Ok::<_, Infallible>(answer) }
-                    });
-                    tokio::spawn(
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                    );
-                }
-            });
-            (host, uri)
-        }
-
-        fn answer(&self, request: &http::Request<hyper::body::Incoming>) -> http::Response<Body> {
-            let from = request
-                .headers()
-                .get(http::header::RANGE)
-                .and_then(|v| {
-                    v.to_str()
-                        .ok()?
-                        .strip_prefix("bytes=")?
-                        .strip_suffix('-')?
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0u64);
-            self.asked.lock().expect("lock").push(from);
-            let answer = self
-                .answers
-                .lock()
-                .expect("lock")
-                .pop_front()
-                .unwrap_or(Answer::Range);
-            let rest = self.zip.slice(from as usize..);
-            let (start, body) = match answer {
-                Answer::Status(status) => {
-                    return http::Response::builder()
-                        .status(status)
-                        .body(crate::body::empty())
-                        .expect("a response")
-                }
-                Answer::Range => (from, crate::body::full(rest)),
-                Answer::OffByOne => (from + 1, crate::body::full(rest.slice(1..))),
-                Answer::CutAfter(n) => {
-                    let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-                        vec![Ok(Frame::data(rest.slice(..n))), Err("reset".into())];
-                    // The reset waits, so the bytes before it reach the client.
-                    let stream = futures_util::StreamExt::then(
-                        futures_util::stream::iter(frames),
-                        |frame| async move {
-                            if frame.is_err() {
-                                tokio::time::sleep(Duration::from_millis(250)).await;
-                            }
-                            frame
-                        },
-                    );
-                    (from, http_body_util::StreamBody::new(stream).boxed())
-                }
-            };
-            http::Response::builder()
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header(
-                    http::header::CONTENT_RANGE,
-                    format!("bytes {start}-{}/{SIZE}", SIZE - 1),
-                )
-                .header(http::header::CONTENT_LENGTH, SIZE - start)
-                .body(body)
-                .expect("a response")
-        }
-
-        fn asked(&self) -> Vec<u64> {
-            self.asked.lock().expect("lock").clone()
-        }
-    }
-
-    /// An origin at `location` whose download endpoint hands out `fresh`
-    /// locations in turn, then none.
-    fn origin(location: Uri, fresh: Vec<Uri>) -> Origin {
-        let settings = Settings::resolve(Layer {
-            upstream: Some("http://127.0.0.1:9/api/v3".parse().expect("a url")),
-            ..Layer::default()
-        })
-        .expect("settings");
-        let metrics = Arc::new(Metrics::new());
-        let fresh = Arc::new(Mutex::new(VecDeque::from(fresh)));
-        let relocate: Relocate = Box::new(move || {
-            let next = fresh.lock().expect("lock").pop_front();
-            Box::pin(async move { next })
-        });
-        let fetcher = BlobFetcher::new(&settings, metrics.clone()).expect("a fetcher");
-        Origin::new(location, relocate, fetcher, metrics)
-    }
 
     /// Relays `[start, end)` and returns what arrived and how it ended.
     async fn relayed(origin: &Origin, start: u64, end: u64) -> (Vec<u8>, Result<(), String>) {
@@ -316,7 +173,7 @@ mod tests {
         let (got, ended) = relayed(&origin(uri, vec![]), 100, 900).await;
         assert_eq!(ended, Ok(()));
         assert_eq!(got, host.zip[100..900]);
-        assert_eq!(host.asked(), [100]);
+        assert_eq!(host.asked(), [Some(100)]);
     }
 
     #[tokio::test]
@@ -329,11 +186,8 @@ mod tests {
         let (got, ended) = relayed(&origin(uri, vec![]), 100, SIZE).await;
         assert_eq!(ended, Ok(()));
         assert_eq!(got, host.zip[100..]);
-        assert_eq!(
-            host.asked(),
-            [100, 400, 400],
-            "resumed after the cut and the 502"
-        );
+        let resumed = [Some(100), Some(400), Some(400)];
+        assert_eq!(host.asked(), resumed, "after the cut and the 502");
     }
 
     #[tokio::test]
@@ -342,7 +196,7 @@ mod tests {
         let (got, ended) = relayed(&origin(uri.clone(), vec![uri.clone()]), 0, SIZE).await;
         assert_eq!(ended, Ok(()));
         assert_eq!(got, host.zip[..]);
-        assert_eq!(host.asked(), [0, 0]);
+        assert_eq!(host.asked(), [Some(0), Some(0)]);
 
         let (host, uri) = Host::start(&[Answer::Status(StatusCode::GONE)]).await;
         let (got, ended) = relayed(&origin(uri, vec![]), 0, SIZE).await;
@@ -351,7 +205,7 @@ mod tests {
         assert!(got.is_empty());
         assert_eq!(
             host.asked(),
-            [0],
+            [Some(0)],
             "not asked again without a fresh location"
         );
     }

@@ -362,7 +362,259 @@ fn disposition_name(headers: &http::HeaderMap) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::super::test_host::{fetcher, origin, Answer, Host, SIZE};
+    use super::super::StoreLimits;
     use super::*;
+    use crate::credential::hex;
+    use crate::index::Index;
+    use crate::metrics::Metrics;
+
+    /// A store in a temporary dir, and the staging file of artifact 1's fill.
+    struct Store {
+        _dir: tempfile::TempDir,
+        store: BlobStore,
+        tmp: PathBuf,
+    }
+
+    fn store() -> Store {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let index = Index::open(&dir.path().join("index"), 1 << 20).expect("an index");
+        let metrics = Arc::new(Metrics::new());
+        let limits = StoreLimits {
+            quota: 1 << 30,
+            max_blob: 1 << 30,
+            linger: Duration::from_secs(1),
+        };
+        let (store, _) =
+            BlobStore::open(dir.path(), index, fetcher(metrics.clone()), limits, metrics)
+                .expect("a store");
+        let tmp = dir.path().join("tmp").join("1.part");
+        Store {
+            _dir: dir,
+            store,
+            tmp,
+        }
+    }
+
+    /// What the artifact's JSON said: its digest (the zip's) and `size`.
+    fn facts(host: &Host, size: Option<u64>) -> Facts {
+        Facts {
+            sha256: Some(hex(&Sha256::digest(&host.zip))),
+            size,
+            ..Facts::default()
+        }
+    }
+
+    struct Outcome {
+        result: Result<BlobRecord, FillError>,
+        /// The staged file's bytes afterwards.
+        staged: Vec<u8>,
+        /// The last state readers were shown.
+        state: FillState,
+    }
+
+    /// One transfer of artifact 1 into `s`'s staging file.
+    async fn transfer(s: &Store, origin: &Origin, facts: Facts, resume: Option<Staged>) -> Outcome {
+        let (tx, rx) = watch::channel(FillState::Running {
+            written: 0,
+            total: None,
+            name: None,
+        });
+        let run = s.store.transfer(1, &s.tmp, origin, &facts, &tx, resume);
+        let result = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the transfer ends in time");
+        let state = rx.borrow().clone();
+        Outcome {
+            result,
+            staged: std::fs::read(&s.tmp).unwrap_or_default(),
+            state,
+        }
+    }
+
+    /// A whole answer: checked against the JSON's digest, named from
+    /// `Content-Disposition`, every byte shown to readers as written.
+    #[tokio::test]
+    async fn a_whole_answer_is_staged_checked_and_named() {
+        let (host, uri) = Host::start(&[]).await;
+        let s = store();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let record = out.result.expect("transferred");
+        assert_eq!((record.size, record.name.as_str()), (SIZE, "dist"));
+        assert_eq!(record.sha256, hex(&Sha256::digest(&host.zip)));
+        assert_eq!(out.staged, host.zip);
+        assert!(
+            matches!(&out.state, FillState::Running { written: SIZE, total: Some(SIZE), name: Some(n) } if n == "dist"),
+            "{:?}",
+            out.state
+        );
+        assert_eq!(host.asked(), [None]);
+    }
+
+    #[tokio::test]
+    async fn a_cut_transfer_resumes_from_what_was_written() {
+        let (host, uri) = Host::start(&[Answer::CutAfter(300)]).await;
+        let s = store();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        assert_eq!(out.result.expect("transferred").size, SIZE);
+        assert_eq!(out.staged, host.zip);
+        assert_eq!(host.asked(), [None, Some(300)]);
+    }
+
+    /// A store that ignores `Range` after a cut sends the whole zip again:
+    /// it is written over the bytes in place, and must repeat the ones
+    /// clients may already hold.
+    #[tokio::test]
+    async fn a_restarted_answer_must_repeat_the_bytes_already_written() {
+        let (host, uri) = Host::start(&[Answer::CutAfter(300), Answer::Whole]).await;
+        let s = store();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        assert_eq!(out.result.expect("transferred").size, SIZE);
+        assert_eq!(out.staged, host.zip);
+        assert_eq!(host.asked(), [None, Some(300)]);
+
+        let (host, uri) = Host::start(&[Answer::CutAfter(300), Answer::WholeOther]).await;
+        let s = store();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let err = out.result.expect_err("other content");
+        assert!(
+            err.to_string().contains("differs in its first 300 bytes"),
+            "{err}"
+        );
+    }
+
+    /// A resumed answer with another validator: the blob changed upstream;
+    /// the next request asks for the whole zip again.
+    #[tokio::test]
+    async fn a_resumed_answer_with_another_validator_is_fetched_whole_again() {
+        let (host, uri) = Host::start(&[Answer::CutAfter(300), Answer::OtherETag]).await;
+        let s = store();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        assert_eq!(out.result.expect("transferred").size, SIZE);
+        assert_eq!(out.staged, host.zip);
+        assert_eq!(host.asked(), [None, Some(300), None]);
+    }
+
+    /// The staged prefix of an earlier process: `prefix` written, recorded
+    /// with upstream's ETag and `size`.
+    fn staged(s: &Store, prefix: &[u8], size: u64) -> Staged {
+        std::fs::write(&s.tmp, prefix).expect("staged");
+        let record = StagedRecord {
+            artifact: 1,
+            size,
+            sha256: None,
+            name: None,
+            validator: Validator::ETag("\"v1\"".into()),
+            boot: staged::boot_id(),
+            started: now_secs(),
+        };
+        Staged {
+            part: s.tmp.clone(),
+            record,
+            len: prefix.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_staged_prefix_is_resumed_when_upstream_confirms_it() {
+        let (host, uri) = Host::start(&[]).await;
+        let s = store();
+        let resume = staged(&s, &host.zip[..400], SIZE);
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
+        assert_eq!(out.result.expect("transferred").size, SIZE);
+        assert_eq!(out.staged, host.zip);
+        assert_eq!(host.asked(), [Some(400)]);
+
+        // The prefix is hashed again: bytes that changed on disk fail the
+        // digest rather than being served.
+        let (host, uri) = Host::start(&[]).await;
+        let s = store();
+        let resume = staged(&s, &[0; 400], SIZE);
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
+        let err = out.result.expect_err("a prefix of other bytes");
+        assert!(matches!(err, FillError::DigestMismatch { .. }), "{err}");
+    }
+
+    /// Upstream does not confirm the staged prefix (another validator,
+    /// another size, or `Range` ignored): it is dropped and the zip fetched
+    /// from its start, no client having read it.
+    #[tokio::test]
+    async fn a_staged_prefix_upstream_does_not_confirm_is_dropped() {
+        for (answer, size, asked) in [
+            (Answer::OtherETag, SIZE, vec![Some(400), None]),
+            (Answer::Range, 2 * SIZE, vec![Some(400), None]),
+            (Answer::Whole, SIZE, vec![Some(400)]),
+        ] {
+            let (host, uri) = Host::start(&[answer]).await;
+            let s = store();
+            let resume = staged(&s, &host.zip[..400], size);
+            let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
+            assert_eq!(out.result.expect("transferred").size, SIZE, "{answer:?}");
+            assert_eq!(out.staged, host.zip, "{answer:?}");
+            assert_eq!(host.asked(), asked, "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_that_contradict_the_asked_bytes_or_the_size_fail_the_fill() {
+        for (answers, size, says) in [
+            (
+                vec![Answer::CutAfter(300), Answer::OffByOne],
+                None,
+                "asked for bytes from 300, got from 301",
+            ),
+            (vec![Answer::Overlong], None, "more than 500 bytes"),
+            (vec![Answer::Range], Some(SIZE - 1), "size mismatch"),
+        ] {
+            let (host, uri) = Host::start(&answers).await;
+            let s = store();
+            let out = transfer(&s, &origin(uri, vec![]), facts(&host, size), None).await;
+            let err = out.result.expect_err("refused");
+            assert!(err.to_string().contains(says), "{answers:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_location_is_replaced_by_a_fresh_one_or_the_fill_fails() {
+        let (host, uri) = Host::start(&[Answer::Status(StatusCode::FORBIDDEN)]).await;
+        let s = store();
+        let fresh = origin(uri.clone(), vec![uri]);
+        let out = transfer(&s, &fresh, facts(&host, None), None).await;
+        assert_eq!(out.result.expect("transferred").size, SIZE);
+        assert_eq!(host.asked(), [None, None]);
+
+        let (host, uri) = Host::start(&[Answer::Status(StatusCode::GONE)]).await;
+        let s = store();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let err = out.result.expect_err("no fresh location");
+        assert!(
+            matches!(err, FillError::NoFreshLocation(StatusCode::GONE)),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn five_failed_answers_give_up_after_backing_off() {
+        let (host, uri) = Host::start(&[Answer::Status(StatusCode::SERVICE_UNAVAILABLE); 5]).await;
+        let s = store();
+        let started = std::time::Instant::now();
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        // 100 + 200 + 300 + 400 ms between tries (a lower bound only).
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = out.result.expect_err("five 503s");
+        assert!(
+            matches!(&err, FillError::GaveUp { attempts: ATTEMPTS, last } if matches!(**last, FillError::UpstreamStatus(StatusCode::SERVICE_UNAVAILABLE))),
+            "{err}"
+        );
+        assert_eq!(host.asked().len(), ATTEMPTS as usize);
+    }
 
     #[test]
     fn range_and_disposition_headers_parse() {
