@@ -550,7 +550,8 @@ mod tests {
         ] {
             let (host, uri) = Host::start(&[answer]).await;
             let s = store();
-            let resume = staged(&s, &host.zip[..400], size);
+            // Bytes upstream never sent: being dropped, they cannot matter.
+            let resume = staged(&s, &[0; 400], size);
             let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
             assert_eq!(out.result.expect("transferred").size, SIZE, "{answer:?}");
             assert_eq!(out.staged, host.zip, "{answer:?}");
