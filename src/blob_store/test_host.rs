@@ -22,6 +22,8 @@ use super::relay::Origin;
 
 /// The zip's size.
 pub const SIZE: u64 = 1000;
+/// Bytes per frame the host sends: a cut at 300 bytes falls inside one.
+const FRAME: usize = 256;
 /// The zip's ETag; [`Answer::OtherETag`] and [`Answer::WholeOther`] send
 /// another.
 const ETAG: &str = "\"v1\"";
@@ -151,11 +153,7 @@ impl Host {
                 format!("bytes {start}-{}/{total}", total - 1),
             );
         }
-        let body = match cut_after {
-            Some(n) => cut(bytes.slice(..n)),
-            None => crate::body::full(bytes),
-        };
-        response.body(body).expect("a response")
+        response.body(framed(bytes, cut_after)).expect("a response")
     }
 }
 
@@ -167,16 +165,23 @@ fn content(seed: u8) -> Bytes {
         .into()
 }
 
-/// `bytes`, then the connection closes before the rest; the close waits, so
-/// the bytes before it reach the client.
-fn cut(bytes: Bytes) -> Body {
-    let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-        vec![Ok(Frame::data(bytes)), Err("reset".into())];
+/// `bytes` in frames of [`FRAME`] bytes a few milliseconds apart (so the
+/// client reads them one by one, as from a real store), the first `cut`
+/// of them only and then the connection closed, when `cut` is given; the
+/// close waits, so the bytes before it reach the client.
+fn framed(bytes: Bytes, cut: Option<usize>) -> Body {
+    let sent = bytes.slice(..cut.unwrap_or(bytes.len()));
+    let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..sent.len())
+        .step_by(FRAME)
+        .map(|i| Ok(Frame::data(sent.slice(i..(i + FRAME).min(sent.len())))))
+        .collect();
+    if cut.is_some() {
+        frames.push(Err("reset".into()));
+    }
     let stream =
         futures_util::StreamExt::then(futures_util::stream::iter(frames), |frame| async move {
-            if frame.is_err() {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            let gap = if frame.is_err() { 250 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(gap)).await;
             frame
         });
     http_body_util::StreamBody::new(stream).boxed()
