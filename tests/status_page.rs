@@ -112,6 +112,51 @@ async fn summary_names_nothing_detail_names_fills_and_off_is_404() {
     );
 }
 
+/// Each recent fill says what became of it, and the list holds them all
+/// (up to ten): stored, streamed and not kept (over `max_blob_bytes`),
+/// failed.
+#[tokio::test]
+async fn each_recent_fill_says_what_became_of_it() {
+    let h = Harness::start_with(|l| {
+        l.status_page = Some(StatusPage::Detail);
+        l.max_blob_bytes = Some(100_000);
+    })
+    .await;
+    let kept = artifact(&h, "kept", 40_000);
+    download(&h, kept.id).await;
+    let big = artifact(&h, "big", 200_000);
+    download(&h, big.id).await;
+    // The JSON gives a size the zip does not have: the fill the redirect
+    // starts fails.
+    let bad = artifact(&h, "bad", 40_000);
+    h.sim.misdescribe_artifact(bad.id, None, Some(1));
+    let json = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}", bad.id);
+    let json = get(&h.url(&json), Some(READER_TOKEN)).await;
+    assert_eq!(json.status, StatusCode::OK, "{json:?}");
+    let zip = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}/zip", bad.id);
+    let redirect = get(&h.url(&zip), Some(READER_TOKEN)).await;
+    assert_eq!(redirect.status, StatusCode::FOUND, "{redirect:?}");
+    h.until_fills_end().await;
+
+    let page = get(&status_url(&h), None).await;
+    let text = String::from_utf8(page.body.to_vec()).expect("UTF-8");
+    assert!(text.contains("id=\"recent\" data-count=\"3\""), "{text}");
+    for (id, outcome) in [
+        (kept.id, "stored"),
+        (big.id, "streamed, not kept (over max_blob_bytes)"),
+        (bad.id, "failed (see the log)"),
+    ] {
+        let row = text
+            .split("<tr>")
+            .find(|row| row.starts_with(&format!("<td>{id}</td>")))
+            .unwrap_or_else(|| panic!("a row for artifact {id}: {text}"));
+        assert!(
+            row.contains(&format!("<td>{outcome}</td></tr>")),
+            "{id}: {row}"
+        );
+    }
+}
+
 /// The `data-value` of the element with `id` in the rendered DOM.
 fn shown(dom: &str, id: &str) -> String {
     let at = dom
