@@ -97,7 +97,11 @@ async fn download(h: &Harness, id: u64) -> (StatusCode, Vec<u8>) {
 async fn a_zip_the_disk_cannot_hold_is_relayed_whole_and_not_kept() {
     let disk = Tmpfs::mount("6m");
     let data_dir = disk.path.clone();
-    let h = Harness::start_with(|l| l.data_dir = Some(data_dir)).await;
+    let h = Harness::start_with(|l| {
+        l.data_dir = Some(data_dir);
+        l.status_page = Some(artifact_mirror::config::StatusPage::Summary);
+    })
+    .await;
     let add = |name: &str, payload| {
         h.sim.add_artifact(NewArtifact {
             repo: PRIVATE_REPO.into(),
@@ -124,6 +128,11 @@ async fn a_zip_the_disk_cannot_hold_is_relayed_whole_and_not_kept() {
         text.contains("artifact_mirror_fills_not_kept_total 1\n"),
         "{text}"
     );
+    // The status page says so, not "failed".
+    let page = get(&format!("http://{}/_mirror/status", h.mirror), None).await;
+    let page = String::from_utf8_lossy(&page.body).into_owned();
+    let outcome = "<td>relayed from upstream, not kept (disk full)</td></tr>";
+    assert_eq!(page.matches(outcome).count(), 1, "{page}");
 
     // A later client of the same zip is relayed too; a small zip is stored.
     let (status, body) = download(&h, big.id).await;
