@@ -183,4 +183,52 @@ mod tests {
         assert_eq!(&blob.read_at(0, 3).unwrap()[..], b"zip");
         assert!(fs.scan(&index, true).unwrap().corrupt.is_empty());
     }
+
+    /// Without a sidecar that names the artifact (lost, or stale), every
+    /// record is read: the file stays while another record names its
+    /// content, and goes when none does.
+    #[test]
+    fn without_a_sidecar_naming_the_artifact_the_records_decide() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index"), 1 << 20).unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let fs = LocalFs::new(dir.path(), index.clone());
+        let put = |id: u64, content: &[u8]| {
+            let record = BlobRecord {
+                sha256: hex(&Sha256::digest(content)),
+                size: content.len() as u64,
+                name: "dist".into(),
+                expires_at: None,
+                stored_at: 1,
+                repo: None,
+            };
+            let staged = tmp.join(format!("{id}.part"));
+            std::fs::write(&staged, content).unwrap();
+            fs.commit(&staged, id, &record).unwrap();
+            index.blobs().put(id, &record, 1).unwrap();
+            record
+        };
+        // Drops `id` as the store does; whether its file is still there.
+        let drop_artifact = |id: u64| {
+            let record = index.blobs().remove(id).unwrap().expect("a record");
+            fs.delete(id, &record);
+            fs.path_of(&record.sha256).exists()
+        };
+        let shared = put(1, b"same");
+        put(2, b"same");
+        put(3, b"other");
+        let path = fs.path_of(&shared.sha256);
+        // A stale sidecar that names only an artifact with no record.
+        let stale = sidecar::Sidecar {
+            artifacts: [(9, shared.clone())].into(),
+        };
+        sidecar::write(&path, &tmp, &stale).unwrap();
+        assert!(drop_artifact(1), "artifact 2's record still names it");
+        sidecar::remove(&path).unwrap();
+        assert!(
+            !drop_artifact(2),
+            "no record names it (3's is other content)"
+        );
+    }
 }
