@@ -232,6 +232,18 @@ mod tests {
         write_record(&part, r).unwrap();
     }
 
+    /// A staged prefix is trusted only within the boot that wrote it (the
+    /// page cache may have lost unsynced bytes since): the id must be the
+    /// kernel's, a UUID that changes at each boot.
+    #[test]
+    fn the_boot_id_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .expect("needs /proc/sys/kernel/random/boot_id (Linux)");
+        let id = boot_id().expect("a boot id");
+        assert_eq!(id, kernel.trim());
+        assert_eq!((id.len(), id.matches('-').count()), (36, 4), "{id}");
+    }
+
     /// A staged prefix is resumed only if what the artifact's JSON now says
     /// (size, digest) agrees with it; what either side does not know
     /// cannot disagree.
