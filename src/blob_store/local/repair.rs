@@ -369,6 +369,19 @@ mod tests {
         );
     }
 
+    /// Only a missing blob directory is an empty store: one that cannot be
+    /// read must stop the repair, or every record would be dropped as
+    /// dangling.
+    #[test]
+    fn an_unreadable_blob_directory_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = scan(dir.path()).expect("no blob directory yet: empty");
+        assert!(found.blobs.is_empty() && found.strays.is_empty());
+        std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+        std::fs::write(dir.path().join("blobs").join("sha256"), b"not a directory").unwrap();
+        assert!(scan(dir.path()).is_err());
+    }
+
     /// Only a report that changed something is logged at start.
     #[test]
     fn a_report_changed_anything_when_any_repair_count_is_above_zero() {
