@@ -414,6 +414,36 @@ mod tests {
         }
     }
 
+    /// What is a blob (a digest's name, no extension), a sidecar (a
+    /// digest's name, `.json`) and a stray (anything else in a shard).
+    #[test]
+    fn the_scan_tells_blobs_sidecars_and_strays_apart() {
+        let s = Store::new();
+        let (record, blob) = s.put(1, b"zip");
+        let shard = blob.parent().unwrap().to_owned();
+        let prefix = &record.sha256[..2];
+        // A digest that belongs in another shard.
+        let elsewhere = if prefix == "ff" { "0" } else { "f" }.repeat(64);
+        let mut strays = vec![
+            shard.join(format!("{}.part", record.sha256)),
+            shard.join("not-a-digest"),
+            shard.join("not-a-digest.json"),
+            shard.join(format!("{prefix}-not-a-digest")),
+            shard.join(&elsewhere),
+        ];
+        for stray in &strays {
+            std::fs::write(stray, b"?").unwrap();
+        }
+        let mut found = scan(s.dir.path()).unwrap();
+        let blobs: Vec<&Path> = found.blobs.iter().map(|b| b.path.as_path()).collect();
+        assert_eq!(blobs, [blob.as_path()]);
+        let sidecars: Vec<&PathBuf> = found.sidecars.values().collect();
+        assert_eq!(sidecars, [&sidecar::path_for(&blob)]);
+        found.strays.sort();
+        strays.sort();
+        assert_eq!(found.strays, strays);
+    }
+
     struct Store {
         dir: tempfile::TempDir,
         index: Index,
