@@ -106,6 +106,15 @@ impl BlobTable {
         Ok(())
     }
 
+    /// Writes a record that does not decode (as a torn or foreign write
+    /// would leave), for the tests of what reads it back.
+    #[cfg(test)]
+    pub fn put_undecodable(&self, artifact: u64) -> Result<(), IndexError> {
+        self.records
+            .insert(artifact.to_be_bytes(), b"{not json".as_slice())?;
+        Ok(())
+    }
+
     pub fn touch(&self, artifact: u64, now_ms: u64) -> Result<(), IndexError> {
         let id = artifact.to_be_bytes();
         (&self.access, &self.lru).transaction(|(access, lru)| {

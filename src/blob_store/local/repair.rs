@@ -414,6 +414,28 @@ mod tests {
         }
     }
 
+    /// A record the index cannot decode is dropped and counted, whatever
+    /// its file (the file then goes as an orphan, or stays for another
+    /// record).
+    #[test]
+    fn undecodable_records_are_dropped_and_counted() {
+        let s = Store::new();
+        s.put(1, b"zip");
+        s.index.blobs().put_undecodable(2).unwrap();
+        s.index.blobs().put_undecodable(3).unwrap();
+        let report = reconcile(s.dir.path(), &s.index, false).unwrap();
+        assert_eq!(report.dangling_records, 2);
+        let left: Vec<u64> = s
+            .index
+            .blobs()
+            .records()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(left, [1]);
+    }
+
     /// What is a blob (a digest's name, no extension), a sidecar (a
     /// digest's name, `.json`) and a stray (anything else in a shard).
     #[test]
