@@ -436,6 +436,24 @@ mod tests {
         assert_eq!(left, [1]);
     }
 
+    /// `cache purge --all`'s last step: every file in the shards goes,
+    /// blobs, sidecars and strays (a record the index could not read names
+    /// files no record's delete reaches).
+    #[test]
+    fn removing_all_files_leaves_the_shards_empty() {
+        let s = Store::new();
+        let (_, blob) = s.put(1, b"zip");
+        s.put(2, b"other zip");
+        std::fs::write(blob.with_extension("part"), b"?").unwrap();
+        remove_all_files(s.dir.path()).unwrap();
+        let left = scan(s.dir.path()).unwrap();
+        assert!(left.blobs.is_empty(), "{:?}", left.blobs);
+        assert!(
+            left.sidecars.is_empty() && left.strays.is_empty(),
+            "{left:?}"
+        );
+    }
+
     /// What is a blob (a digest's name, no extension), a sidecar (a
     /// digest's name, `.json`) and a stray (anything else in a shard).
     #[test]
