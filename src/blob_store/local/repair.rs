@@ -646,5 +646,10 @@ mod tests {
         std::fs::write(s.dir.path().join("tmp/1-x.part"), b"p").unwrap();
         assert_eq!(clear_tmp(s.dir.path()).unwrap(), 1);
         assert_eq!(clear_tmp(s.dir.path()).unwrap(), 0);
+        // No tmp/ at all (a data dir from before it, or removed by hand):
+        // nothing to count, and it is made.
+        std::fs::remove_dir(s.dir.path().join("tmp")).unwrap();
+        assert_eq!(clear_tmp(s.dir.path()).unwrap(), 0);
+        assert!(s.dir.path().join("tmp").is_dir());
     }
 }
