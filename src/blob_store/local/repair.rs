@@ -436,6 +436,16 @@ mod tests {
         assert_eq!(left, [1]);
     }
 
+    /// A file already gone is removed (another step or process got there
+    /// first); any other failure is the repair's error.
+    #[test]
+    fn removing_a_file_already_gone_is_no_error_but_other_failures_are() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(remove_file(&dir.path().join("gone")).is_ok());
+        std::fs::create_dir(dir.path().join("a-dir")).unwrap();
+        assert!(remove_file(&dir.path().join("a-dir")).is_err());
+    }
+
     /// `cache purge --all`'s last step: every file in the shards goes,
     /// blobs, sidecars and strays (a record the index could not read names
     /// files no record's delete reaches).
