@@ -148,6 +148,20 @@ fn write_locked(blob: &Path, tmp_dir: &Path, sidecar: &Sidecar) -> Result<(), Si
 mod tests {
     use super::*;
 
+    /// No sidecar is `None` and removing none is done; a sidecar that
+    /// cannot be read or removed (here a directory in its place) is an
+    /// error, not taken for none.
+    #[test]
+    fn only_a_missing_sidecar_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("ab");
+        assert!(matches!(read(&blob), Ok(None)));
+        assert!(remove(&blob).is_ok());
+        std::fs::create_dir(path_for(&blob)).unwrap();
+        assert!(matches!(read(&blob), Err(SidecarError::Io { .. })));
+        assert!(matches!(remove(&blob), Err(SidecarError::Io { .. })));
+    }
+
     fn record(sha: &str) -> BlobRecord {
         BlobRecord {
             sha256: sha.into(),
