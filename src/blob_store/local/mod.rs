@@ -138,6 +138,18 @@ mod tests {
     use crate::credential::hex;
     use sha2::{Digest, Sha256};
 
+    /// The record a fill of `content` writes.
+    fn record(content: &[u8]) -> BlobRecord {
+        BlobRecord {
+            sha256: hex(&Sha256::digest(content)),
+            size: content.len() as u64,
+            name: "dist".into(),
+            expires_at: None,
+            stored_at: 1,
+            repo: None,
+        }
+    }
+
     /// The contract the store relies on: a commit is readable by range, a
     /// shared content outlives the first artifact that drops it, and an
     /// open reader outlives the delete.
@@ -148,14 +160,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let fs = LocalFs::new(dir.path(), index.clone());
         let content = b"zip bytes";
-        let record = BlobRecord {
-            sha256: hex(&Sha256::digest(content)),
-            size: content.len() as u64,
-            name: "dist".into(),
-            expires_at: None,
-            stored_at: 1,
-            repo: None,
-        };
+        let record = record(content);
         for id in [1, 2] {
             let staged = dir.path().join("tmp").join(format!("{id}.part"));
             std::fs::write(&staged, content).unwrap();
@@ -195,14 +200,7 @@ mod tests {
         std::fs::create_dir_all(&tmp).unwrap();
         let fs = LocalFs::new(dir.path(), index.clone());
         let put = |id: u64, content: &[u8]| {
-            let record = BlobRecord {
-                sha256: hex(&Sha256::digest(content)),
-                size: content.len() as u64,
-                name: "dist".into(),
-                expires_at: None,
-                stored_at: 1,
-                repo: None,
-            };
+            let record = record(content);
             let staged = tmp.join(format!("{id}.part"));
             std::fs::write(&staged, content).unwrap();
             fs.commit(&staged, id, &record).unwrap();

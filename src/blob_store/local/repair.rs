@@ -425,15 +425,7 @@ mod tests {
         s.index.blobs().put_undecodable(3).unwrap();
         let report = reconcile(s.dir.path(), &s.index, false).unwrap();
         assert_eq!(report.dangling_records, 2);
-        let left: Vec<u64> = s
-            .index
-            .blobs()
-            .records()
-            .unwrap()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        assert_eq!(left, [1]);
+        assert_eq!(s.ids(), [1]);
     }
 
     /// A file already gone is removed (another step or process got there
