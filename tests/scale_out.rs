@@ -680,7 +680,9 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     // endpoint still answers): a replica that never read the JSON does not
     // fill from the bucket's record, it asks GHES.
     let (lapsed_id, lapsed_zip) = new_artifact(&h, 70);
-    let expires_at = unix_now() + 2;
+    // Far enough ahead that the first replica's read and download end
+    // before it on a loaded machine (after it, that replica refuses).
+    let expires_at = unix_now() + 5;
     h.sim.set_expires_at(lapsed_id, expires_at);
     let json = get(
         &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{lapsed_id}"),
