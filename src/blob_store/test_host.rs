@@ -166,9 +166,9 @@ fn content(seed: u8) -> Bytes {
 }
 
 /// `bytes` in frames of [`FRAME`] bytes a few milliseconds apart (so the
-/// client reads them one by one, as from a real store), the first `cut`
-/// of them only and then the connection closed, when `cut` is given; the
-/// close waits, so the bytes before it reach the client.
+/// client reads them one by one, as from a real store). With `cut`, only
+/// that many bytes go, then the connection closes; the close waits, so the
+/// bytes before it reach the client.
 fn framed(bytes: Bytes, cut: Option<usize>) -> Body {
     let sent = bytes.slice(..cut.unwrap_or(bytes.len()));
     let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..sent.len())
