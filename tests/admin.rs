@@ -684,12 +684,7 @@ async fn gc_drops_facts_of_expired_artifacts_and_grants_without_a_blob() {
     // The list teaches the mirror `gone`'s `expires_at`, 5 s away; then its
     // time passes with the mirror told nothing more. (JSON that already
     // shows it expired would drop its blob and grant at once.)
-    let now = || {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
+    let now = common::unix_now;
     let expires_at = now() + 5;
     h.sim.set_expires_at(gone.id, expires_at);
     let list = h.url(&format!("/repos/{PUBLIC_REPO}/actions/artifacts"));

@@ -4,20 +4,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use artifact_mirror::config::{Layer, Revalidate};
 use common::{get, Harness, TIMEOUT};
 use ghes_sim::fixtures::{PRIVATE_REPO, READER_TOKEN};
 use ghes_sim::NewArtifact;
 use http::StatusCode;
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
 
 /// Stores one zip through `h` of an artifact whose `expires_at` (as the
 /// mirror learns it from the artifact's JSON) is `secs` seconds from now;
@@ -32,7 +25,7 @@ async fn store_expiring(h: &Harness, secs: u64) -> (u64, u64) {
         expired: false,
     });
     // Whole seconds, as GitHub writes it.
-    let expires_at = now_secs() + secs;
+    let expires_at = common::unix_now() + secs;
     h.sim.set_expires_at(art.id, expires_at);
     let meta = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}", art.id);
     let json = get(&h.url(&meta), Some(READER_TOKEN)).await;
@@ -46,7 +39,7 @@ async fn store_expiring(h: &Harness, secs: u64) -> (u64, u64) {
 
 /// Waits (bounded by the caller's `secs`) until `expires_at` has passed.
 async fn until_past(expires_at: u64) {
-    while now_secs() <= expires_at {
+    while common::unix_now() <= expires_at {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use artifact_mirror::config::Revalidate;
 use common::{get, Harness, Reply};
@@ -169,7 +169,7 @@ async fn an_expires_at_in_the_past_ends_the_artifact() {
     let signed = download(&h, &named(art.id), READER_TOKEN, art.id).await;
     h.until_stored(1).await;
 
-    h.sim.set_expires_at(art.id, unix_now() - 60);
+    h.sim.set_expires_at(art.id, common::unix_now() - 60);
     let direct = get(&h.direct_url(&named(art.id)), Some(READER_TOKEN)).await;
     assert_eq!(direct.status, StatusCode::FOUND, "upstream still redirects");
 
@@ -238,7 +238,7 @@ async fn a_young_grant_gives_no_zip_of_an_expired_artifact() {
 
     // Its `expires_at`, learned before the download, passes.
     let dated = artifact(&h, "young-dated");
-    let expires_at = unix_now() + 3;
+    let expires_at = common::unix_now() + 3;
     h.sim.set_expires_at(dated.id, expires_at);
     let meta = format!("/repos/{PRIVATE_REPO}/actions/artifacts/{}", dated.id);
     assert_eq!(
@@ -246,9 +246,12 @@ async fn a_young_grant_gives_no_zip_of_an_expired_artifact() {
         StatusCode::OK
     );
     download(&h, &named(dated.id), READER_TOKEN, dated.id).await;
-    assert!(unix_now() < expires_at, "downloaded too late to test");
+    assert!(
+        common::unix_now() < expires_at,
+        "downloaded too late to test"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while unix_now() <= expires_at {
+    while common::unix_now() <= expires_at {
         assert!(
             Instant::now() < deadline,
             "the clock never passed expires_at"
@@ -261,11 +264,4 @@ async fn a_young_grant_gives_no_zip_of_an_expired_artifact() {
         "a young grant past expires_at",
     );
     assert_eq!(h.sim.counters().api_requests, 0, "no upstream call needed");
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }

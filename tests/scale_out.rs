@@ -663,13 +663,7 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     // record carries GitHub's (future) expires_at, and another replica still
     // serves it from the bucket.
     let (seen_id, seen_zip) = new_artifact(&h, 60);
-    let json = get(
-        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{seen_id}"),
-        Some(READER_TOKEN),
-    )
-    .await;
-    assert_eq!(json.status, StatusCode::OK, "{json:?}");
-    download_direct(&fresh, seen_id, &seen_zip).await;
+    download_after_its_json(&fresh, seen_id, &seen_zip).await;
     let (record, _) = moto.until_recorded(seen_id).await;
     assert!(record["expires_at"].as_u64().is_some(), "{record}");
     let gets = h.sim.counters().blob_gets;
@@ -682,18 +676,12 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     let (lapsed_id, lapsed_zip) = new_artifact(&h, 70);
     // Far enough ahead that the first replica's read and download end
     // before it on a loaded machine (after it, that replica refuses).
-    let expires_at = unix_now() + 5;
+    let expires_at = common::unix_now() + 5;
     h.sim.set_expires_at(lapsed_id, expires_at);
-    let json = get(
-        &format!("http://{fresh}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{lapsed_id}"),
-        Some(READER_TOKEN),
-    )
-    .await;
-    assert_eq!(json.status, StatusCode::OK, "{json:?}");
-    download_direct(&fresh, lapsed_id, &lapsed_zip).await;
+    download_after_its_json(&fresh, lapsed_id, &lapsed_zip).await;
     let (record, _) = moto.until_recorded(lapsed_id).await;
     assert_eq!(record["expires_at"].as_u64(), Some(expires_at), "{record}");
-    while unix_now() < expires_at {
+    while common::unix_now() < expires_at {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let gets = h.sim.counters().blob_gets;
@@ -751,12 +739,14 @@ async fn replicas_sharing_an_s3_bucket_fetch_each_zip_from_ghes_once() {
     }
 }
 
-/// This process's wall clock in Unix seconds, as GHES's `expires_at` counts.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_secs()
+/// [`download_direct`] after reading the artifact's JSON through the same
+/// mirror, so that it knows the artifact's facts (`expires_at`) when it
+/// stores and shares the zip.
+async fn download_after_its_json(mirror: &str, id: u64, zip: &[u8]) {
+    let url = format!("http://{mirror}/api/v3/repos/{PRIVATE_REPO}/actions/artifacts/{id}");
+    let json = get(&url, Some(READER_TOKEN)).await;
+    assert_eq!(json.status, StatusCode::OK, "{json:?}");
+    download_direct(mirror, id, zip).await;
 }
 
 /// Downloads artifact `id` straight from one mirror: the redirect, then the

@@ -305,6 +305,15 @@ pub fn hex(bytes: &[u8]) -> String {
     ::hex::encode(bytes)
 }
 
+/// This process's wall clock in Unix seconds, as GHES's `expires_at`
+/// counts (the simulator's clock; the mirror's own may be advanced).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+}
+
 /// The value of one series (name and labels as exposed) on the mirror's
 /// `/metrics`; `None` when it is absent.
 pub async fn metric(mirror: impl std::fmt::Display, series: &str) -> Option<f64> {
