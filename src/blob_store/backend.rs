@@ -41,3 +41,12 @@ pub(crate) trait StoredBlob: Send + Sync {
     /// Up to `len` bytes from `pos`; fewer only at the end.
     fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
 }
+
+/// Content held in memory, for the tests of what reads stored blobs.
+#[cfg(test)]
+impl StoredBlob for Bytes {
+    fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        let start = usize::try_from(pos).map_or(self.len(), |p| p.min(self.len()));
+        Ok(self.slice(start..(start + len).min(self.len())))
+    }
+}

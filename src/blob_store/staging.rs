@@ -242,15 +242,6 @@ mod tests {
     /// How long a test waits for a frame that must come.
     const WAIT: Duration = Duration::from_secs(5);
 
-    struct InMemory(Bytes);
-
-    impl StoredBlob for InMemory {
-        fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
-            let start = usize::try_from(pos).map_or(self.0.len(), |p| p.min(self.0.len()));
-            Ok(self.0.slice(start..(start + len).min(self.0.len())))
-        }
-    }
-
     /// A backend whose committed blob is these bytes; nothing else is
     /// asked of it here.
     struct Committed(Bytes);
@@ -289,7 +280,7 @@ mod tests {
     }
 
     fn stored(bytes: &Bytes) -> Arc<dyn StoredBlob> {
-        Arc::new(InMemory(bytes.clone()))
+        Arc::new(bytes.clone())
     }
 
     fn running(written: u64) -> FillState {

@@ -286,16 +286,6 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
-    struct InMemoryBlob(Bytes);
-
-    impl StoredBlob for InMemoryBlob {
-        fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
-            let start = (pos as usize).min(self.0.len());
-            let end = (start + len).min(self.0.len());
-            Ok(self.0.slice(start..end))
-        }
-    }
-
     fn record(content: &[u8]) -> BlobRecord {
         use sha2::Digest;
         BlobRecord {
@@ -350,7 +340,7 @@ mod tests {
         let zip = Bytes::from(vec![7u8; 3 * PART / 2]);
         let r = record(&zip);
         for artifact in [1, 2] {
-            let blob = Arc::new(InMemoryBlob(zip.clone()));
+            let blob = Arc::new(zip.clone());
             tier.publish(artifact, &r, blob).await.unwrap();
         }
         let sha = &r.sha256;
@@ -381,7 +371,7 @@ mod tests {
         let (store, tier) = in_memory(Path::default());
         let mut r = record(b"abc");
         r.size = 10;
-        let blob = Arc::new(InMemoryBlob(Bytes::from_static(b"abc")));
+        let blob = Arc::new(Bytes::from_static(b"abc"));
         assert!(tier.publish(1, &r, blob).await.is_err());
         assert!(keys(&store).await.is_empty());
     }
@@ -398,7 +388,7 @@ mod tests {
             .put(&key, PutPayload::from_static(b"zip"))
             .await
             .unwrap();
-        let blob = Arc::new(InMemoryBlob(zip.clone()));
+        let blob = Arc::new(zip.clone());
         tier.publish(1, &r, blob).await.unwrap();
         let body: Vec<Bytes> = tier
             .open(&r.sha256)
@@ -418,7 +408,7 @@ mod tests {
         let zip = Bytes::from_static(b"zip bytes");
         let r = record(&zip);
         let key = tier.blob_key(&r.sha256);
-        let blob = Arc::new(InMemoryBlob(zip.clone()));
+        let blob = Arc::new(zip.clone());
         tier.publish(1, &r, blob.clone()).await.unwrap();
         let first = store.head(&key).await.unwrap().e_tag;
         tier.publish(2, &r, blob).await.unwrap();
@@ -451,7 +441,7 @@ mod tests {
         let (store, tier) = in_memory(Path::default());
         let zip = Bytes::from_static(b"zip bytes");
         let r = record(&zip);
-        let blob = Arc::new(InMemoryBlob(zip.clone()));
+        let blob = Arc::new(zip.clone());
         tier.publish(1, &r, blob).await.unwrap();
         store.delete(&tier.blob_key(&r.sha256)).await.unwrap();
 
