@@ -61,7 +61,7 @@ impl Host {
     /// zip's URL on it.
     pub async fn start(answers: &[Answer]) -> (Arc<Host>, Uri) {
         let host = Arc::new(Host {
-            zip: content(0),
+            zip: zip(),
             answers: Mutex::new(answers.iter().copied().collect()),
             asked: Mutex::new(Vec::new()),
         });
@@ -155,6 +155,11 @@ impl Host {
         }
         response.body(framed(bytes, cut_after)).expect("a response")
     }
+}
+
+/// The zip every host serves.
+pub fn zip() -> Bytes {
+    content(0)
 }
 
 /// [`SIZE`] bytes; `seed` tells contents apart.

@@ -365,7 +365,7 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
-    use super::super::test_host::{fetcher, origin, Answer, Host, SIZE};
+    use super::super::test_host::{fetcher, origin, zip, Answer, Host, SIZE};
     use super::super::StoreLimits;
     use super::*;
     use crate::credential::hex;
@@ -439,9 +439,7 @@ mod tests {
     /// `Content-Disposition`, every byte shown to readers as written.
     #[tokio::test]
     async fn a_whole_answer_is_staged_checked_and_named() {
-        let (host, uri) = Host::start(&[]).await;
-        let s = store();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let (host, out) = run(&[], None, None).await;
         let record = out.result.expect("transferred");
         assert_eq!((record.size, record.name.as_str()), (SIZE, "dist"));
         assert_eq!(record.sha256, hex(&Sha256::digest(&host.zip)));
@@ -456,9 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_transfer_resumes_from_what_was_written() {
-        let (host, uri) = Host::start(&[Answer::CutAfter(300)]).await;
-        let s = store();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let (host, out) = run(&[Answer::CutAfter(300)], None, None).await;
         assert_eq!(out.result.expect("transferred").size, SIZE);
         assert_eq!(out.staged, host.zip);
         assert_eq!(host.asked(), [None, Some(300)]);
@@ -469,16 +465,12 @@ mod tests {
     /// clients may already hold.
     #[tokio::test]
     async fn a_restarted_answer_must_repeat_the_bytes_already_written() {
-        let (host, uri) = Host::start(&[Answer::CutAfter(300), Answer::Whole]).await;
-        let s = store();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let (host, out) = run(&[Answer::CutAfter(300), Answer::Whole], None, None).await;
         assert_eq!(out.result.expect("transferred").size, SIZE);
         assert_eq!(out.staged, host.zip);
         assert_eq!(host.asked(), [None, Some(300)]);
 
-        let (host, uri) = Host::start(&[Answer::CutAfter(300), Answer::WholeOther]).await;
-        let s = store();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let (_, out) = run(&[Answer::CutAfter(300), Answer::WholeOther], None, None).await;
         let err = out.result.expect_err("other content");
         assert!(
             err.to_string().contains("differs in its first 300 bytes"),
@@ -490,9 +482,7 @@ mod tests {
     /// the next request asks for the whole zip again.
     #[tokio::test]
     async fn a_resumed_answer_with_another_validator_is_fetched_whole_again() {
-        let (host, uri) = Host::start(&[Answer::CutAfter(300), Answer::OtherETag]).await;
-        let s = store();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let (host, out) = run(&[Answer::CutAfter(300), Answer::OtherETag], None, None).await;
         assert_eq!(out.result.expect("transferred").size, SIZE);
         assert_eq!(out.staged, host.zip);
         assert_eq!(host.asked(), [None, Some(300), None]);
@@ -518,22 +508,31 @@ mod tests {
         }
     }
 
+    /// One transfer of artifact 1 into a new store from a host answering
+    /// `answers`, the JSON giving `size`; `prefix` (bytes, the size they
+    /// were recorded with) is an earlier process's staged file to resume.
+    async fn run(
+        answers: &[Answer],
+        size: Option<u64>,
+        prefix: Option<(&[u8], u64)>,
+    ) -> (Arc<Host>, Outcome) {
+        let (host, uri) = Host::start(answers).await;
+        let s = store();
+        let resume = prefix.map(|(bytes, recorded)| staged(&s, bytes, recorded));
+        let out = transfer(&s, &origin(uri, vec![]), facts(&host, size), resume).await;
+        (host, out)
+    }
+
     #[tokio::test]
     async fn a_staged_prefix_is_resumed_when_upstream_confirms_it() {
-        let (host, uri) = Host::start(&[]).await;
-        let s = store();
-        let resume = staged(&s, &host.zip[..400], SIZE);
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
+        let (host, out) = run(&[], None, Some((&zip()[..400], SIZE))).await;
         assert_eq!(out.result.expect("transferred").size, SIZE);
         assert_eq!(out.staged, host.zip);
         assert_eq!(host.asked(), [Some(400)]);
 
         // The prefix is hashed again: bytes that changed on disk fail the
         // digest rather than being served.
-        let (host, uri) = Host::start(&[]).await;
-        let s = store();
-        let resume = staged(&s, &[0; 400], SIZE);
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
+        let (_, out) = run(&[], None, Some((&[0; 400], SIZE))).await;
         let err = out.result.expect_err("a prefix of other bytes");
         assert!(matches!(err, FillError::DigestMismatch { .. }), "{err}");
     }
@@ -548,11 +547,8 @@ mod tests {
             (Answer::Range, 2 * SIZE, vec![Some(400), None]),
             (Answer::Whole, SIZE, vec![Some(400)]),
         ] {
-            let (host, uri) = Host::start(&[answer]).await;
-            let s = store();
             // Bytes upstream never sent: being dropped, they cannot matter.
-            let resume = staged(&s, &[0; 400], size);
-            let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), Some(resume)).await;
+            let (host, out) = run(&[answer], None, Some((&[0; 400], size))).await;
             assert_eq!(out.result.expect("transferred").size, SIZE, "{answer:?}");
             assert_eq!(out.staged, host.zip, "{answer:?}");
             assert_eq!(host.asked(), asked, "{answer:?}");
@@ -570,9 +566,7 @@ mod tests {
             (vec![Answer::Overlong], None, "more than 500 bytes"),
             (vec![Answer::Range], Some(SIZE - 1), "size mismatch"),
         ] {
-            let (host, uri) = Host::start(&answers).await;
-            let s = store();
-            let out = transfer(&s, &origin(uri, vec![]), facts(&host, size), None).await;
+            let (_, out) = run(&answers, size, None).await;
             let err = out.result.expect_err("refused");
             assert!(err.to_string().contains(says), "{answers:?}: {err}");
         }
@@ -587,9 +581,7 @@ mod tests {
         assert_eq!(out.result.expect("transferred").size, SIZE);
         assert_eq!(host.asked(), [None, None]);
 
-        let (host, uri) = Host::start(&[Answer::Status(StatusCode::GONE)]).await;
-        let s = store();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let (_, out) = run(&[Answer::Status(StatusCode::GONE)], None, None).await;
         let err = out.result.expect_err("no fresh location");
         assert!(
             matches!(err, FillError::NoFreshLocation(StatusCode::GONE)),
@@ -599,10 +591,9 @@ mod tests {
 
     #[tokio::test]
     async fn five_failed_answers_give_up_after_backing_off() {
-        let (host, uri) = Host::start(&[Answer::Status(StatusCode::SERVICE_UNAVAILABLE); 5]).await;
-        let s = store();
         let started = std::time::Instant::now();
-        let out = transfer(&s, &origin(uri, vec![]), facts(&host, None), None).await;
+        let answers = [Answer::Status(StatusCode::SERVICE_UNAVAILABLE); 5];
+        let (host, out) = run(&answers, None, None).await;
         // 100 + 200 + 300 + 400 ms between tries (a lower bound only).
         assert!(
             started.elapsed() >= Duration::from_secs(1),
