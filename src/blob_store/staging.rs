@@ -353,22 +353,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_whose_sender_stops_early_ends_in_an_error_not_a_short_answer() {
-        let (tx, rx) = mpsc::channel(2);
-        tx.send(Ok(Bytes::from_static(b"abc")))
-            .await
-            .expect("queued");
-        drop(tx);
-        let cut = ChannelBody { rx, remaining: 5 };
-        let err = frames(cut).await.expect_err("2 bytes missing");
+        // A body announcing `remaining` bytes whose sender sent "abc" and
+        // stopped.
+        let after_abc = |remaining| async move {
+            let (tx, rx) = mpsc::channel(2);
+            tx.send(Ok(Bytes::from_static(b"abc")))
+                .await
+                .expect("queued");
+            drop(tx);
+            frames(ChannelBody { rx, remaining }).await
+        };
+        let err = after_abc(5).await.expect_err("2 bytes missing");
         assert!(err.contains("ended early"), "{err}");
-
-        let (tx, rx) = mpsc::channel(2);
-        tx.send(Ok(Bytes::from_static(b"abc")))
-            .await
-            .expect("queued");
-        drop(tx);
-        let whole = ChannelBody { rx, remaining: 3 };
-        assert_eq!(frames(whole).await.expect("whole").concat(), b"abc");
+        assert_eq!(after_abc(3).await.expect("whole").concat(), b"abc");
     }
 
     /// A reader of a fill gets what the fill has written as it is written,
